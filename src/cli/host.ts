@@ -1,0 +1,116 @@
+/** `hop host serve`: run a host agent (supervisor + HTTP/WS API) in the foreground. */
+import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import { join, resolve } from "node:path";
+import { Option, type Command } from "commander";
+import { HopError } from "../common/errors.js";
+import { createLogger } from "../common/log.js";
+import { generateToken } from "../host/auth.js";
+import { serveHost } from "../host/server.js";
+
+interface ServeOptions {
+  name: string;
+  listen: string;
+  datastore: string;
+  token?: string;
+  tokenFile?: string;
+}
+
+/** The token to serve with: --token, --token-file, or <datastore>/host-token (created when absent). */
+async function hostToken(opts: ServeOptions, datastore: string): Promise<{ token: string; note?: string }> {
+  if (opts.token !== undefined) {
+    if (opts.token.trim() === "") throw new HopError("TOKEN_EMPTY", "--token must not be empty");
+    return { token: opts.token.trim() };
+  }
+  if (opts.tokenFile !== undefined) {
+    let token: string;
+    try {
+      token = (await readFile(opts.tokenFile, "utf8")).trim();
+    } catch (err) {
+      throw new HopError("TOKEN_UNREADABLE", `cannot read the token file ${opts.tokenFile}: ${(err as Error).message}`, { cause: err });
+    }
+    if (token === "") throw new HopError("TOKEN_EMPTY", `the token file ${opts.tokenFile} is empty`);
+    return { token };
+  }
+  const file = join(datastore, "host-token");
+  const existing = await readFile(file, "utf8").then(
+    (t) => t.trim(),
+    () => "",
+  );
+  if (existing !== "") return { token: existing, note: `using the token in ${file}` };
+  const token = generateToken();
+  await writeFile(file, `${token}\n`, { mode: 0o600 });
+  await chmod(file, 0o600);
+  return { token, note: `generated a token and wrote it to ${file}` };
+}
+
+export function register(program: Command): void {
+  const host = program.command("host").description("run a host agent");
+
+  host
+    .command("serve")
+    .description("run a host agent in the foreground (SIGINT/SIGTERM stop its VMs and exit)")
+    .requiredOption("--datastore <dir>", "directory holding the VM definitions and disks")
+    .option("--name <name>", "host name", hostname())
+    .option("--listen <addr>", "address to listen on: HOST:PORT or :PORT (all interfaces)", "127.0.0.1:7401")
+    .addOption(new Option("--token <token>", "bearer token clients must send (default: <datastore>/host-token, generated if absent)").conflicts("tokenFile"))
+    .option("--token-file <file>", "read the token from this file")
+    .action(async (opts: ServeOptions) => {
+      const name = opts.name.trim();
+      if (name === "") throw new HopError("BAD_HOST_NAME", "--name must not be empty");
+      const datastore = resolve(opts.datastore);
+      await mkdir(datastore, { recursive: true });
+      const { token, note } = await hostToken(opts, datastore);
+      if (note !== undefined) process.stderr.write(`${note}\n`);
+
+      const log = createLogger("host", { host: name });
+      // Loaded here so that the other commands do not pull in the emulator and image builder.
+      const { LocalSupervisor } = await import("../host/supervisor.js");
+      const supervisor = new LocalSupervisor({ hostName: name, datastore, log });
+      await supervisor.init();
+      let server;
+      try {
+        server = await serveHost({ supervisor, token, listen: opts.listen, log });
+      } catch (err) {
+        await supervisor.close();
+        throw err;
+      }
+      process.stdout.write(`host ${name} listening on ${server.url}\n`);
+
+      const srv = server;
+      await new Promise<void>((done) => {
+        let stopping = false;
+        const onSignal = (signal: NodeJS.Signals): void => {
+          if (stopping) {
+            log.warn({ signal }, "second signal: exiting without a clean shutdown");
+            process.exit(130);
+          }
+          stopping = true;
+          log.info({ signal }, "stopping the host agent");
+          const stop = async (): Promise<void> => {
+            try {
+              await srv.close();
+            } catch (err) {
+              log.error({ err }, "closing the API server failed");
+            }
+            await supervisor.close();
+          };
+          stop().then(
+            () => {
+              log.info("host agent stopped");
+              done();
+            },
+            (err: unknown) => {
+              log.error({ err }, "host agent shutdown failed");
+              process.exitCode = 1;
+              done();
+            },
+          );
+        };
+        process.on("SIGINT", onSignal);
+        process.on("SIGTERM", onSignal);
+      });
+      // VM processes and log streams are gone by now; do not wait on stray handles.
+      process.exit(process.exitCode ?? 0);
+    });
+}

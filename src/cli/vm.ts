@@ -1,0 +1,254 @@
+/** `hop vm …`: manage the VMs of one host agent. */
+import type { Command } from "commander";
+import type WebSocket from "ws";
+import type { RawData } from "ws";
+import { HopError } from "../common/errors.js";
+import { waitOpen } from "../host/client.js";
+import type { VmInfo } from "../host/types.js";
+import { MAX_MEMORY_MIB, MIN_MEMORY_MIB, type VmCreateRequest } from "../vm/config.js";
+import { connect, intOption, output, withHostOptions, type HostOptions } from "./common.js";
+import { formatMs, keyValues, table } from "./format.js";
+
+/** Ctrl-] (as in telnet and virsh console) detaches from a console. */
+const DETACH_BYTE = 0x1d;
+
+function memoryText(info: VmInfo): string {
+  return `${info.config.memoryMiB} MiB`;
+}
+
+function describeVm(info: VmInfo): string {
+  const c = info.config;
+  return keyValues([
+    ["name", info.name],
+    ["uuid", info.uuid],
+    ["state", info.state],
+    ["memory", memoryText(info)],
+    ["mac", c.mac],
+    ["ip", c.ip !== undefined ? `${c.ip}${c.gw !== undefined ? ` (gateway ${c.gw})` : ""}` : undefined],
+    ["disk", c.disk !== undefined ? `${c.disk.path} (${c.disk.sizeMiB} MiB)` : undefined],
+    ["boot", c.boot === "cold" ? "cold (boots the kernel)" : "template (restores the template state)"],
+    ["pid", info.pid !== undefined ? String(info.pid) : undefined],
+    ["last start", info.startMs !== undefined ? `${formatMs(info.startMs)}${info.startedFrom !== undefined ? ` from ${info.startedFrom}` : ""}` : undefined],
+    ["created", c.createdAt],
+    ["last error", info.lastError],
+  ]);
+}
+
+function vmTable(vms: VmInfo[]): string {
+  if (vms.length === 0) return "no VMs on this host";
+  return table(
+    ["NAME", "STATE", "MEMORY", "IP", "DISK", "PID"],
+    vms.map((v) => [v.name, v.state, memoryText(v), v.config.ip ?? "-", v.config.disk !== undefined ? `${v.config.disk.sizeMiB} MiB` : "-", v.pid !== undefined ? String(v.pid) : "-"]),
+  );
+}
+
+function stateLine(info: VmInfo): string {
+  if (info.state === "running" && info.startMs !== undefined) {
+    return `${info.name} running (started${info.startedFrom !== undefined ? ` from ${info.startedFrom}` : ""} in ${formatMs(info.startMs)})`;
+  }
+  return `${info.name} ${info.state}`;
+}
+
+function rawToBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+/** A guest exit code as a process exit code (0-255; anything else is reported as 1). */
+function processExitCode(code: number): number {
+  return Number.isInteger(code) && code >= 0 && code <= 255 ? code : 1;
+}
+
+interface CreateOptions extends HostOptions {
+  memory?: number;
+  mac?: string;
+  ip?: string;
+  gw?: string;
+  disk?: number;
+  coldBoot?: boolean;
+}
+
+export function register(program: Command): void {
+  const vm = program.command("vm").description("manage the VMs of a host agent");
+
+  withHostOptions(
+    vm
+      .command("create")
+      .description("define a VM (and create its data disk)")
+      .argument("<name>", "VM name (a-z, 0-9, '-')")
+      .option("--memory <MiB>", `memory in MiB (${MIN_MEMORY_MIB}-${MAX_MEMORY_MIB}, multiple of 4; default 128)`, intOption(1, 1 << 20))
+      .option("--mac <mac>", "MAC address (default: random, 02:68:6f:…)")
+      .option("--ip <addr/prefix>", "static IPv4 address with prefix, e.g. 10.10.0.5/24")
+      .option("--gw <addr>", "default gateway")
+      .option("--disk <MiB>", "create a data disk of this size (mounted on /data)", intOption(1, 1 << 20))
+      .option("--cold-boot", "boot the kernel on every start instead of restoring the template state"),
+  ).action(async (name: string, opts: CreateOptions) => {
+    const client = await connect(opts);
+    const req: VmCreateRequest = {
+      name,
+      ...(opts.memory !== undefined ? { memoryMiB: opts.memory } : {}),
+      ...(opts.mac !== undefined ? { mac: opts.mac } : {}),
+      ...(opts.ip !== undefined ? { ip: opts.ip } : {}),
+      ...(opts.gw !== undefined ? { gw: opts.gw } : {}),
+      ...(opts.disk !== undefined ? { diskMiB: opts.disk } : {}),
+      ...(opts.coldBoot === true ? { boot: "cold" as const } : {}),
+    };
+    const info = await client.create(req);
+    output(opts, info, () => {
+      const c = info.config;
+      const extra = [memoryText(info), `mac ${c.mac}`, ...(c.ip !== undefined ? [`ip ${c.ip}`] : []), ...(c.disk !== undefined ? [`disk ${c.disk.sizeMiB} MiB`] : []), `${c.boot} boot`];
+      return `created ${info.name} (${extra.join(", ")})`;
+    });
+  });
+
+  withHostOptions(vm.command("list").alias("ls").description("list the VMs")).action(async (opts: HostOptions) => {
+    const vms = await (await connect(opts)).list();
+    output(opts, { vms }, () => vmTable(vms));
+  });
+
+  withHostOptions(vm.command("show").description("show one VM").argument("<name>")).action(async (name: string, opts: HostOptions) => {
+    const info = await (await connect(opts)).get(name);
+    output(opts, info, () => describeVm(info));
+  });
+
+  const simple: { cmd: "start" | "pause" | "resume" | "poweroff"; help: string }[] = [
+    { cmd: "start", help: "start a VM (from the template state unless it was created with --cold-boot)" },
+    { cmd: "pause", help: "pause a running VM" },
+    { cmd: "resume", help: "resume a paused VM" },
+    { cmd: "poweroff", help: "power a VM off hard" },
+  ];
+  for (const { cmd, help } of simple) {
+    withHostOptions(vm.command(cmd).description(help).argument("<name>")).action(async (name: string, opts: HostOptions) => {
+      const info = await (await connect(opts))[cmd](name);
+      output(opts, info, () => stateLine(info));
+    });
+  }
+
+  withHostOptions(
+    vm
+      .command("stop")
+      .description("shut a VM down through its guest agent (hard power-off after --timeout)")
+      .argument("<name>")
+      .option("--timeout <ms>", "how long the guest gets before a hard power-off", intOption(1, 600_000))
+      .option("--force", "power off hard right away"),
+  ).action(async (name: string, opts: HostOptions & { timeout?: number; force?: boolean }) => {
+    const client = await connect(opts);
+    const info = opts.force === true ? await client.poweroff(name) : await client.shutdown(name, opts.timeout !== undefined ? { timeoutMs: opts.timeout } : {});
+    output(opts, info, () => stateLine(info));
+  });
+
+  withHostOptions(
+    vm
+      .command("destroy")
+      .alias("rm")
+      .description("remove a VM definition (its data disk is kept unless --delete-disk)")
+      .argument("<name>")
+      .option("--force", "power the VM off first if it is on")
+      .option("--delete-disk", "delete its data disk too"),
+  ).action(async (name: string, opts: HostOptions & { force?: boolean; deleteDisk?: boolean }) => {
+    await (await connect(opts)).destroy(name, { force: opts.force === true, deleteDisk: opts.deleteDisk === true });
+    output(opts, { name, destroyed: true, deletedDisk: opts.deleteDisk === true }, () => `destroyed ${name}${opts.deleteDisk === true ? " and its data disk" : ""}`);
+  });
+
+  withHostOptions(
+    vm
+      .command("exec")
+      .description("run a shell command in the guest; exits with its exit code (hop vm exec NAME -- CMD...)")
+      .argument("<name>")
+      .argument("<command...>", "command and arguments, joined with spaces and run by the guest's shell")
+      .option("--timeout <ms>", "how long the command may run (default: the host's, 60 s)", intOption(1, 600_000)),
+  ).action(async (name: string, command: string[], opts: HostOptions & { timeout?: number }) => {
+    const client = await connect(opts);
+    const result = await client.exec(name, command.join(" "), opts.timeout !== undefined ? { timeoutMs: opts.timeout } : {});
+    if (opts.json === true) {
+      output(opts, result, () => undefined);
+    } else {
+      process.stdout.write(result.stdout);
+      process.stderr.write(result.stderr);
+    }
+    process.exitCode = processExitCode(result.exitCode);
+  });
+
+  withHostOptions(
+    vm
+      .command("console")
+      .description("attach to a VM's serial console (Ctrl-] detaches); without a terminal, stream its output")
+      .argument("<name>"),
+  ).action(async (name: string, opts: HostOptions) => {
+    const client = await connect(opts);
+    await attachConsole(name, client.console(name));
+  });
+}
+
+/**
+ * Streams console output to stdout and, on a terminal, keystrokes to the VM until detach or
+ * close. Listeners go on before the socket opens: the scrollback can arrive in the same packet
+ * as the upgrade response.
+ */
+async function attachConsole(name: string, ws: WebSocket): Promise<void> {
+  const stdin = process.stdin;
+  const tty = stdin.isTTY;
+
+  ws.on("message", (data: RawData, isBinary: boolean) => {
+    if (isBinary) {
+      process.stdout.write(rawToBuffer(data));
+      return;
+    }
+    // Text frames carry API errors (e.g. typing into a stopped VM).
+    const text = rawToBuffer(data).toString("utf8");
+    let message = text;
+    try {
+      const body = JSON.parse(text) as { error?: { code?: string; message?: string } };
+      if (body.error?.message !== undefined) message = `${body.error.message} (${body.error.code ?? "ERROR"})`;
+    } catch {
+      // show the text as it is
+    }
+    process.stderr.write(`${tty ? "\r\n" : ""}[hop] ${message}${tty ? "\r\n" : "\n"}`);
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.once("close", (code: number, reason: Buffer) => resolve({ code, reason: reason.toString("utf8") })),
+  );
+
+  await waitOpen(ws);
+
+  let detached = false;
+  let killTimer: NodeJS.Timeout | undefined;
+  const detach = (): void => {
+    if (detached) return;
+    detached = true;
+    ws.close(1000, "client detached");
+    killTimer = setTimeout(() => ws.terminate(), 2_000);
+  };
+  const onKey = (chunk: Buffer): void => {
+    const at = chunk.indexOf(DETACH_BYTE);
+    const data = at >= 0 ? chunk.subarray(0, at) : chunk;
+    if (data.length > 0 && ws.readyState === ws.OPEN) ws.send(data, { binary: true });
+    if (at >= 0) detach();
+  };
+  process.on("SIGINT", detach);
+  process.on("SIGTERM", detach);
+  if (tty) {
+    process.stderr.write(`[hop] attached to the console of ${name}; press Ctrl-] to detach\r\n`);
+    stdin.setRawMode(true);
+    stdin.on("data", onKey);
+    stdin.resume();
+  }
+
+  const { code, reason } = await closed;
+  clearTimeout(killTimer);
+  process.off("SIGINT", detach);
+  process.off("SIGTERM", detach);
+  if (tty) {
+    stdin.off("data", onKey);
+    stdin.setRawMode(false);
+    stdin.pause();
+  }
+
+  if (code === 4404) throw new HopError("VM_NOT_FOUND", reason !== "" ? reason : `no VM named '${name}' on this host`);
+  if (code === 4400) throw new HopError("BAD_REQUEST", reason !== "" ? reason : "bad console request");
+  if (code >= 4000) throw new HopError("CONSOLE_CLOSED", `the host agent closed the console: ${reason !== "" ? reason : String(code)}`);
+  if (tty || !detached) {
+    process.stderr.write(`${tty ? "\r\n" : ""}[hop] ${detached ? "detached" : `console closed${reason !== "" ? `: ${reason}` : ""}`}\n`);
+  }
+}

@@ -1,0 +1,173 @@
+import { createRequire } from "node:module";
+import { V86 } from "v86";
+import { EngineInitError, EngineStateError } from "./errors.js";
+import { cpuOf, keepingRam, ramView, selfTest, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+
+const require = createRequire(import.meta.url);
+const wasmPath = require.resolve("v86/build/v86.wasm");
+
+export type NicModel = "virtio" | "ne2k";
+
+/** v86's buffer interface, as implemented by storage's FileDisk. */
+export interface DiskBackend {
+  byteLength: number;
+  load(): void;
+  get(start: number, len: number, fn: (data: Uint8Array) => void): void;
+  set(start: number, data: Uint8Array, fn: () => void): void;
+  get_state(): unknown[];
+  set_state(state: unknown[]): void;
+}
+
+export interface EngineOptions {
+  memoryMiB: number;
+  vgaMemoryKiB: number;
+  bios: Uint8Array;
+  vgabios: Uint8Array;
+  /** Kernel boot; absent when the engine will be restored from a state. */
+  boot?: { bzimage: Uint8Array; initrd: Uint8Array; cmdline: string };
+  disk?: DiskBackend;
+  nic: NicModel;
+  /** Number of serial ports (1..4): 0 is the console, 1 the guest agent. */
+  serialPorts: number;
+}
+
+export const DEFAULT_VGA_KIB = 256;
+
+function toArrayBuffer(b: Uint8Array): ArrayBuffer {
+  return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+}
+
+/**
+ * A typed facade over one v86 emulator instance: power (run/pause), state with and without
+ * RAM, a raw RAM view, serial ports and the NIC.
+ */
+export class Engine {
+  readonly memoryBytes: number;
+  private readonly emu: V86Emulator;
+  private destroyed = false;
+
+  private constructor(emu: V86Emulator, readonly options: EngineOptions) {
+    this.emu = emu;
+    this.memoryBytes = options.memoryMiB * 1024 * 1024;
+  }
+
+  /** Creates the emulator, loaded but not running. */
+  static async create(options: EngineOptions): Promise<Engine> {
+    const settings: Record<string, unknown> = {
+      wasm_path: wasmPath,
+      memory_size: options.memoryMiB * 1024 * 1024,
+      vga_memory_size: options.vgaMemoryKiB * 1024,
+      bios: { buffer: toArrayBuffer(options.bios) },
+      vga_bios: { buffer: toArrayBuffer(options.vgabios) },
+      autostart: false,
+      disable_keyboard: true,
+      disable_mouse: true,
+      disable_speaker: true,
+      preserve_mac_from_state_image: true,
+      net_device: { type: options.nic },
+      uart1: options.serialPorts > 1,
+      uart2: options.serialPorts > 2,
+      uart3: options.serialPorts > 3,
+      log_level: 0,
+    };
+    if (options.boot !== undefined) {
+      settings["bzimage"] = { buffer: toArrayBuffer(options.boot.bzimage) };
+      settings["initrd"] = { buffer: toArrayBuffer(options.boot.initrd) };
+      settings["cmdline"] = options.boot.cmdline;
+    }
+    if (options.disk !== undefined) settings["hda"] = options.disk;
+    let emu: V86Emulator;
+    try {
+      emu = new (V86 as unknown as V86Constructor)(settings);
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("emulator did not load within 30 s")), 30_000);
+        emu.add_listener("emulator-loaded", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    } catch (err) {
+      throw new EngineInitError((err as Error).message, err);
+    }
+    selfTest(emu, options.memoryMiB * 1024 * 1024);
+    return new Engine(emu, options);
+  }
+
+  get running(): boolean {
+    return this.emu.is_running();
+  }
+
+  async run(): Promise<void> {
+    await this.emu.run();
+  }
+
+  /** Stops the CPU; resolves once the emulator has stopped (within a ~1 ms slice). */
+  async pause(): Promise<void> {
+    await this.emu.stop();
+  }
+
+  /** Full state including RAM (RAM as bitmap + non-zero pages). Pause first for a consistent state. */
+  async saveState(): Promise<ArrayBuffer> {
+    try {
+      return await this.emu.save_state();
+    } catch (err) {
+      throw new EngineStateError("save", (err as Error).message, err);
+    }
+  }
+
+  async restoreState(state: ArrayBuffer): Promise<void> {
+    try {
+      await this.emu.restore_state(state);
+    } catch (err) {
+      throw new EngineStateError("restore", (err as Error).message, err);
+    }
+  }
+
+  /** CPU and device state without RAM (RAM travels separately). */
+  async saveStateWithoutRam(): Promise<ArrayBuffer> {
+    return withoutRam(cpuOf(this.emu), () => this.saveState());
+  }
+
+  /** Restores CPU and devices onto RAM that already holds the guest's pages. */
+  async restoreStateKeepingRam(state: ArrayBuffer): Promise<void> {
+    await keepingRam(cpuOf(this.emu), () => this.restoreState(state));
+  }
+
+  /** A raw view of guest RAM; re-derive it after anything that may grow wasm memory. */
+  ram(): Uint8Array {
+    return ramView(cpuOf(this.emu));
+  }
+
+  instructionCount(): number {
+    return this.emu.get_instruction_counter();
+  }
+
+  /** Subscribe to bytes written by the guest to serial port `port`; returns an unsubscribe function. */
+  onSerialByte(port: number, fn: (byte: number) => void): () => void {
+    const listener = (data: unknown): void => fn(data as number);
+    this.emu.add_listener(`serial${port}-output-byte`, listener);
+    return () => this.emu.remove_listener(`serial${port}-output-byte`, listener);
+  }
+
+  serialWrite(port: number, data: Uint8Array): void {
+    for (const byte of data) this.emu.bus.send(`serial${port}-input`, byte);
+  }
+
+  /** Ethernet frames sent by the guest. */
+  onFrame(fn: (frame: Uint8Array) => void): () => void {
+    const listener = (data: unknown): void => fn(data as Uint8Array);
+    this.emu.add_listener("net0-send", listener);
+    return () => this.emu.remove_listener("net0-send", listener);
+  }
+
+  /** Delivers an Ethernet frame to the guest's NIC. */
+  deliverFrame(frame: Uint8Array): void {
+    this.emu.bus.send("net0-receive", frame);
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    await this.emu.destroy();
+  }
+}

@@ -1,0 +1,324 @@
+/**
+ * The host agent's HTTP + WebSocket API (all under /v1). Every route delegates to a
+ * `Supervisor`; this file only validates input, maps errors to JSON and streams events and
+ * consoles. Request and response types are exported for the typed client.
+ */
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { RawData, WebSocket } from "ws";
+import { z } from "zod";
+import { HopError, errorMessage } from "../common/errors.js";
+import { vmCreateSchema, vmNameSchema } from "../vm/config.js";
+import type { ExecResult, HostEvent, Supervisor, VmInfo } from "./types.js";
+
+/** Largest request body (and WebSocket message) the API accepts. */
+export const BODY_LIMIT = 1024 * 1024;
+/** Largest command `exec` accepts, in bytes (UTF-8). */
+export const MAX_EXEC_COMMAND_BYTES = 64 * 1024;
+export const MAX_EXEC_TIMEOUT_MS = 600_000;
+/** A WebSocket client that falls this far behind is disconnected rather than buffered forever. */
+export const WS_MAX_BUFFERED = 8 * 1024 * 1024;
+
+/** WebSocket close codes used by the API (4000-4999 are application codes). */
+export const WS_CLOSE = {
+  /** Normal end (e.g. the VM was destroyed). */
+  normal: 1000,
+  /** The host agent is shutting down. */
+  goingAway: 1001,
+  /** The client did not keep up with the stream. */
+  tooSlow: 1013,
+  /** Bad request (invalid VM name). */
+  badRequest: 4400,
+  /** No such VM. */
+  notFound: 4404,
+  /** Unexpected server error. */
+  internal: 4500,
+} as const;
+
+// ---- request schemas and API types ----
+
+export const execRequestSchema = z
+  .object({
+    command: z
+      .string()
+      .min(1, "command must not be empty")
+      .refine((c) => Buffer.byteLength(c, "utf8") <= MAX_EXEC_COMMAND_BYTES, `command must be at most ${MAX_EXEC_COMMAND_BYTES} bytes`),
+    timeoutMs: z
+      .number()
+      .int("timeoutMs must be a whole number")
+      .min(1, "timeoutMs must be at least 1")
+      .max(MAX_EXEC_TIMEOUT_MS, `timeoutMs must be at most ${MAX_EXEC_TIMEOUT_MS}`)
+      .optional(),
+  })
+  .strict();
+export type ExecRequest = z.infer<typeof execRequestSchema>;
+
+export const shutdownRequestSchema = z
+  .object({
+    timeoutMs: z
+      .number()
+      .int("timeoutMs must be a whole number")
+      .min(1, "timeoutMs must be at least 1")
+      .max(MAX_EXEC_TIMEOUT_MS, `timeoutMs must be at most ${MAX_EXEC_TIMEOUT_MS}`)
+      .optional(),
+  })
+  .strict();
+export type ShutdownRequest = z.infer<typeof shutdownRequestSchema>;
+
+/** Bodies of the power actions without parameters: absent, or an empty object. */
+const emptyBodySchema = z.object({}).strict();
+
+const queryBool = z
+  .enum(["true", "false", "1", "0", ""], { message: "must be true or false" })
+  .transform((v) => v === "true" || v === "1" || v === "");
+
+export const destroyQuerySchema = z
+  .object({
+    force: queryBool.optional(),
+    deleteDisk: queryBool.optional(),
+  })
+  .strict();
+export interface DestroyOptions {
+  force?: boolean;
+  deleteDisk?: boolean;
+}
+
+export interface HealthResponse {
+  host: string;
+  vms: number;
+  uptimeS: number;
+}
+
+export interface VmListResponse {
+  vms: VmInfo[];
+}
+
+/** The body of every error response. */
+export interface ApiErrorBody {
+  error: { code: string; message: string };
+}
+
+export type { ExecResult, HostEvent, VmInfo };
+
+// ---- validation and errors ----
+
+export class BadRequestError extends HopError {
+  constructor(message: string) {
+    super("BAD_REQUEST", message, { status: 400 });
+  }
+}
+
+/** One line per zod issue: "path: message" ("body" / the given label when the path is empty). */
+export function formatIssues(issues: readonly z.core.$ZodIssue[], label: string): string {
+  return issues
+    .map((i) => {
+      const path = i.path.map((p) => String(p)).join(".");
+      return `${path === "" ? label : path}: ${i.message}`;
+    })
+    .join("; ");
+}
+
+/** Parses `value` with `schema` or throws BAD_REQUEST (400) listing every issue. */
+export function parseInput<S extends z.ZodType>(schema: S, value: unknown, label: string): z.output<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new BadRequestError(formatIssues(r.error.issues, label));
+  return r.data;
+}
+
+export function parseVmName(value: unknown): string {
+  return parseInput(vmNameSchema, value, "name");
+}
+
+function isZodError(err: unknown): err is { issues: z.core.$ZodIssue[] } {
+  return err instanceof z.ZodError || (err instanceof Error && err.name === "ZodError" && Array.isArray((err as { issues?: unknown }).issues));
+}
+
+/** Maps any thrown value to an HTTP status and the JSON error body. */
+export function toErrorResponse(err: unknown): { status: number; body: ApiErrorBody } {
+  const make = (status: number, code: string, message: string): { status: number; body: ApiErrorBody } => ({ status, body: { error: { code, message } } });
+  if (err instanceof HopError) return make(err.status, err.code, err.message);
+  if (isZodError(err)) return make(400, "BAD_REQUEST", formatIssues(err.issues, "body"));
+  const fe = err as Partial<FastifyError> | undefined;
+  switch (fe?.code) {
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return make(413, "PAYLOAD_TOO_LARGE", `request body is larger than ${BODY_LIMIT} bytes`);
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return make(415, "UNSUPPORTED_MEDIA_TYPE", "request body must be application/json");
+    case "FST_ERR_CTP_INVALID_JSON_BODY":
+    case "FST_ERR_CTP_EMPTY_JSON_BODY":
+      return make(400, "BAD_REQUEST", "request body is not valid JSON");
+    default:
+      break;
+  }
+  if (typeof fe?.statusCode === "number" && fe.statusCode >= 400 && fe.statusCode < 500) {
+    return make(fe.statusCode, "BAD_REQUEST", errorMessage(err));
+  }
+  return make(500, "INTERNAL", `internal error: ${errorMessage(err)}`);
+}
+
+/** A WebSocket close reason must fit in 123 bytes. */
+function closeReason(text: string): string {
+  if (Buffer.byteLength(text, "utf8") <= 123) return text;
+  let out = text;
+  while (out !== "" && Buffer.byteLength(`${out}…`, "utf8") > 123) out = out.slice(0, -1);
+  return `${out}…`;
+}
+
+function rawToBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+/** Sends on a WebSocket unless the peer is gone or hopelessly behind (then it is closed). */
+function sendTo(socket: WebSocket, data: Buffer | string, binary: boolean): void {
+  if (socket.readyState !== socket.OPEN) return;
+  if (socket.bufferedAmount > WS_MAX_BUFFERED) {
+    socket.close(WS_CLOSE.tooSlow, "client is not reading fast enough");
+    return;
+  }
+  socket.send(data, { binary });
+}
+
+// ---- routes ----
+
+interface NameParams {
+  name: string;
+}
+
+/**
+ * Installs the /v1 routes, the JSON body parser and the JSON error / not-found handlers on
+ * `app` (which must already have @fastify/websocket registered).
+ */
+export function registerApi(app: FastifyInstance, supervisor: Supervisor): void {
+  const startedAt = Date.now();
+
+  // JSON bodies only (other types are 415): an empty body is "no body"; anything unparsable is
+  // a 400 with a fixed message.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser("application/json", { parseAs: "string", bodyLimit: BODY_LIMIT }, (_req, body, done) => {
+    const text = typeof body === "string" ? body : body.toString("utf8");
+    if (text.trim() === "") {
+      done(null, undefined);
+      return;
+    }
+    try {
+      done(null, JSON.parse(text));
+    } catch {
+      done(new BadRequestError("request body is not valid JSON"), undefined);
+    }
+  });
+
+  app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    const { status, body } = toErrorResponse(err);
+    if (status >= 500) req.log.error({ err, code: body.error.code, url: req.routeOptions.url }, "request failed");
+    else req.log.debug({ code: body.error.code, status, reason: body.error.message }, "request rejected");
+    return reply.code(status).type("application/json").send(body);
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split("?")[0] ?? req.url;
+    return reply.code(404).send({ error: { code: "NOT_FOUND", message: `no route ${req.method} ${path}` } } satisfies ApiErrorBody);
+  });
+
+  app.get("/v1/health", async (): Promise<HealthResponse> => ({
+    host: supervisor.hostName,
+    vms: supervisor.list().length,
+    uptimeS: Math.floor((Date.now() - startedAt) / 1000),
+  }));
+
+  app.get("/v1/vms", async (): Promise<VmListResponse> => ({ vms: supervisor.list() }));
+
+  app.post("/v1/vms", async (req, reply) => {
+    const body = parseInput(vmCreateSchema, req.body, "body");
+    const info = await supervisor.create(body);
+    return reply.code(201).send(info);
+  });
+
+  app.get<{ Params: NameParams }>("/v1/vms/:name", async (req): Promise<VmInfo> => supervisor.get(parseVmName(req.params.name)));
+
+  const power = (action: "start" | "pause" | "resume" | "poweroff"): void => {
+    app.post<{ Params: NameParams }>(`/v1/vms/:name/${action}`, async (req): Promise<VmInfo> => {
+      const name = parseVmName(req.params.name);
+      parseInput(emptyBodySchema, req.body ?? {}, "body");
+      return supervisor[action](name);
+    });
+  };
+  power("start");
+  power("pause");
+  power("resume");
+  power("poweroff");
+
+  app.post<{ Params: NameParams }>("/v1/vms/:name/shutdown", async (req): Promise<VmInfo> => {
+    const name = parseVmName(req.params.name);
+    const body = parseInput(shutdownRequestSchema, req.body ?? {}, "body");
+    return supervisor.shutdown(name, body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {});
+  });
+
+  app.delete<{ Params: NameParams }>("/v1/vms/:name", async (req, reply) => {
+    const name = parseVmName(req.params.name);
+    const q = parseInput(destroyQuerySchema, req.query ?? {}, "query");
+    await supervisor.destroy(name, {
+      ...(q.force !== undefined ? { force: q.force } : {}),
+      ...(q.deleteDisk !== undefined ? { deleteDisk: q.deleteDisk } : {}),
+    });
+    return reply.code(204).send();
+  });
+
+  app.post<{ Params: NameParams }>("/v1/vms/:name/exec", async (req): Promise<ExecResult> => {
+    const name = parseVmName(req.params.name);
+    const body = parseInput(execRequestSchema, req.body, "body");
+    return supervisor.exec(name, body.command, body.timeoutMs !== undefined ? { timeoutMs: body.timeoutMs } : {});
+  });
+
+  // Host events as JSON text messages. Anything the client sends is ignored.
+  app.get("/v1/events", { websocket: true }, (socket, req) => {
+    req.log.debug("events client connected");
+    const off = supervisor.onEvent((ev) => sendTo(socket, JSON.stringify(ev), false));
+    socket.on("close", () => {
+      off();
+      req.log.debug("events client disconnected");
+    });
+  });
+
+  // Serial console: scrollback, then live output, as binary frames. Binary or text frames from
+  // the client are written to the console. Errors (e.g. writing to a stopped VM) come back as a
+  // text frame holding an ApiErrorBody; the connection stays open.
+  app.get<{ Params: NameParams }>("/v1/vms/:name/console", { websocket: true }, (socket, req) => {
+    const parsed = vmNameSchema.safeParse(req.params.name);
+    if (!parsed.success) {
+      socket.close(WS_CLOSE.badRequest, closeReason(formatIssues(parsed.error.issues, "name")));
+      return;
+    }
+    const name = parsed.data;
+    let stream;
+    try {
+      stream = supervisor.console(name);
+    } catch (err) {
+      const { status, body } = toErrorResponse(err);
+      if (status >= 500) req.log.error({ err, vm: name }, "console attach failed");
+      socket.close(status === 404 ? WS_CLOSE.notFound : status === 400 ? WS_CLOSE.badRequest : WS_CLOSE.internal, closeReason(body.error.message));
+      return;
+    }
+    req.log.debug({ vm: name }, "console client attached");
+    const scrollback = stream.scrollback();
+    if (scrollback.length > 0) sendTo(socket, scrollback, true);
+    const unsubscribe = stream.subscribe((chunk) => sendTo(socket, chunk, true));
+    const offEvents = supervisor.onEvent((ev) => {
+      if (ev.type === "vm.destroyed" && ev.vm === name) socket.close(WS_CLOSE.normal, closeReason(`VM '${name}' was destroyed`));
+    });
+    socket.on("message", (data: RawData) => {
+      try {
+        supervisor.consoleWrite(name, rawToBuffer(data));
+      } catch (err) {
+        const { status, body } = toErrorResponse(err);
+        if (status >= 500) req.log.error({ err, vm: name }, "console write failed");
+        sendTo(socket, JSON.stringify(body), false);
+      }
+    });
+    socket.on("close", () => {
+      unsubscribe();
+      offEvents();
+      req.log.debug({ vm: name }, "console client detached");
+    });
+  });
+}

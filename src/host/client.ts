@@ -1,0 +1,223 @@
+/**
+ * Typed client of the host agent API (used by the `hop` CLI). One method per route; errors
+ * come back as `ApiError` (the server's code, message and status) or `HOST_UNREACHABLE`.
+ *
+ * Plain node:http is used rather than global fetch: fetch's built-in 300 s headers timeout would
+ * cut off long `exec` and `shutdown` calls (the API allows up to 600 s), and it cannot be
+ * changed without the undici package.
+ */
+import http from "node:http";
+import https from "node:https";
+import WebSocket, { type RawData } from "ws";
+import { HopError, errorMessage } from "../common/errors.js";
+import type { VmCreateRequest } from "../vm/config.js";
+import type { ApiErrorBody, DestroyOptions, ExecRequest, HealthResponse, ShutdownRequest, VmListResponse } from "./api.js";
+import type { ExecResult, HostEvent, VmInfo } from "./types.js";
+
+/** An error response of the host agent, with the server's code, message and HTTP status. */
+export class ApiError extends HopError {
+  constructor(code: string, message: string, status: number) {
+    super(code, message, { status });
+  }
+}
+
+const NETWORK_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EPIPE"]);
+
+function unreachable(url: string, err: unknown): HopError | undefined {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === undefined || !NETWORK_CODES.has(code)) return undefined;
+  return new HopError("HOST_UNREACHABLE", `cannot reach the host agent at ${url} (${code})`, { status: 503, cause: err });
+}
+
+function isApiErrorBody(v: unknown): v is ApiErrorBody {
+  const e = (v as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+  return typeof e?.code === "string" && typeof e.message === "string";
+}
+
+function apiErrorFrom(status: number, statusText: string, text: string): ApiError {
+  try {
+    const body: unknown = JSON.parse(text);
+    if (isApiErrorBody(body)) return new ApiError(body.error.code, body.error.message, status);
+  } catch {
+    // not JSON: fall through
+  }
+  const snippet = text.trim().slice(0, 200);
+  return new ApiError(`HTTP_${status}`, `host agent answered ${status} ${statusText}${snippet !== "" ? `: ${snippet}` : ""}`, status);
+}
+
+/** Resolves once `ws` (from HostClient.console/events) is open; rejects with ApiError / HOST_UNREACHABLE. */
+const openPromises = new WeakMap<WebSocket, Promise<void>>();
+
+export function waitOpen(ws: WebSocket): Promise<void> {
+  if (ws.readyState === WebSocket.OPEN) return Promise.resolve();
+  const p = openPromises.get(ws);
+  if (p !== undefined) return p;
+  return new Promise((resolve, reject) => {
+    ws.once("open", () => resolve());
+    ws.once("error", reject);
+    ws.once("close", () => reject(new HopError("WS_CLOSED", "the WebSocket closed before it opened")));
+  });
+}
+
+/** Decodes one message of the events WebSocket. */
+export function parseHostEvent(data: RawData): HostEvent {
+  const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+  return JSON.parse(buf.toString("utf8")) as HostEvent;
+}
+
+export class HostClient {
+  readonly baseUrl: string;
+  private readonly token: string;
+
+  constructor(baseUrl: string, token: string) {
+    let url: URL;
+    try {
+      url = new URL(baseUrl);
+    } catch {
+      throw new HopError("BAD_HOST_URL", `'${baseUrl}' is not a URL (expected e.g. http://127.0.0.1:7401)`, { status: 400 });
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      throw new HopError("BAD_HOST_URL", `host URL must be http:// or https://, not '${baseUrl}'`, { status: 400 });
+    }
+    this.baseUrl = url.href.replace(/\/+$/, "");
+    this.token = token;
+  }
+
+  health(): Promise<HealthResponse> {
+    return this.call<HealthResponse>("GET", "/v1/health");
+  }
+
+  async list(): Promise<VmInfo[]> {
+    return (await this.call<VmListResponse>("GET", "/v1/vms")).vms;
+  }
+
+  get(name: string): Promise<VmInfo> {
+    return this.call<VmInfo>("GET", `/v1/vms/${enc(name)}`);
+  }
+
+  create(req: VmCreateRequest): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", "/v1/vms", req);
+  }
+
+  start(name: string): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", `/v1/vms/${enc(name)}/start`);
+  }
+
+  pause(name: string): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", `/v1/vms/${enc(name)}/pause`);
+  }
+
+  resume(name: string): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", `/v1/vms/${enc(name)}/resume`);
+  }
+
+  poweroff(name: string): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", `/v1/vms/${enc(name)}/poweroff`);
+  }
+
+  /** Graceful shutdown through the guest agent; the host powers off hard after `timeoutMs`. */
+  shutdown(name: string, opts: ShutdownRequest = {}): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", `/v1/vms/${enc(name)}/shutdown`, opts);
+  }
+
+  async destroy(name: string, opts: DestroyOptions = {}): Promise<void> {
+    const q = new URLSearchParams();
+    if (opts.force === true) q.set("force", "true");
+    if (opts.deleteDisk === true) q.set("deleteDisk", "true");
+    const qs = q.toString();
+    await this.call<undefined>("DELETE", `/v1/vms/${enc(name)}${qs !== "" ? `?${qs}` : ""}`);
+  }
+
+  exec(name: string, command: string, opts: { timeoutMs?: number } = {}): Promise<ExecResult> {
+    const body: ExecRequest = { command, ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}) };
+    return this.call<ExecResult>("POST", `/v1/vms/${enc(name)}/exec`, body);
+  }
+
+  /**
+   * The VM's serial console: binary frames carry output (scrollback first), text frames carry
+   * an ApiErrorBody (e.g. a write to a stopped VM); send bytes to type. Close code 4404: no
+   * such VM. Attach the 'message' listener before awaiting `waitOpen(ws)`: the scrollback can
+   * arrive together with the upgrade response and is emitted before the await resumes.
+   */
+  console(name: string): WebSocket {
+    return this.socket(`/v1/vms/${enc(name)}/console`);
+  }
+
+  /** Host events, one JSON HostEvent per text message (decode with parseHostEvent). Await `waitOpen(ws)`. */
+  events(): WebSocket {
+    return this.socket("/v1/events");
+  }
+
+  // --- internals ---
+
+  private socket(path: string): WebSocket {
+    const url = this.baseUrl.replace(/^http/, "ws") + path;
+    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${this.token}` } });
+    const opened = new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const settle = (err?: unknown): void => {
+        if (settled) return;
+        settled = true;
+        if (err === undefined) resolve();
+        else reject(err instanceof Error ? err : new Error(errorMessage(err)));
+      };
+      ws.once("open", () => settle());
+      // A refused upgrade (401, 404...): report the server's JSON error, then drop the handshake.
+      ws.on("unexpected-response", (_req, res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("error", () => undefined);
+        res.on("end", () => {
+          settle(apiErrorFrom(res.statusCode ?? 0, res.statusMessage ?? "", Buffer.concat(chunks).toString("utf8")));
+          ws.terminate();
+        });
+      });
+      ws.on("error", (err) => settle(unreachable(this.baseUrl, err) ?? err));
+      ws.once("close", (code, reason) => settle(new HopError("WS_CLOSED", `the WebSocket closed before it opened (${code} ${reason.toString()})`)));
+    });
+    opened.catch(() => undefined); // observed through waitOpen(); never an unhandled rejection
+    openPromises.set(ws, opened);
+    return ws;
+  }
+
+  private call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const url = new URL(this.baseUrl + path);
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8");
+    const headers: http.OutgoingHttpHeaders = { authorization: `Bearer ${this.token}`, accept: "application/json" };
+    if (payload !== undefined) {
+      headers["content-type"] = "application/json";
+      headers["content-length"] = payload.length;
+    }
+    const mod = url.protocol === "https:" ? https : http;
+    return new Promise<T>((resolve, reject) => {
+      const req = mod.request(url, { method, headers }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("error", (err) => reject(unreachable(this.baseUrl, err) ?? err));
+        res.on("end", () => {
+          const status = res.statusCode ?? 0;
+          const text = Buffer.concat(chunks).toString("utf8");
+          if (status < 200 || status >= 300) {
+            reject(apiErrorFrom(status, res.statusMessage ?? "", text));
+            return;
+          }
+          if (status === 204 || text === "") {
+            resolve(undefined as T);
+            return;
+          }
+          try {
+            resolve(JSON.parse(text) as T);
+          } catch (err) {
+            reject(new HopError("BAD_RESPONSE", `host agent sent invalid JSON for ${method} ${path}: ${errorMessage(err)}`, { status: 502 }));
+          }
+        });
+      });
+      req.on("error", (err) => reject(unreachable(this.baseUrl, err) ?? new HopError("HOST_REQUEST_FAILED", `${method} ${url.href} failed: ${err.message}`, { cause: err })));
+      req.end(payload);
+    });
+  }
+}
+
+function enc(name: string): string {
+  return encodeURIComponent(name);
+}

@@ -1,0 +1,65 @@
+import type { VmConfig, VmCreateRequest } from "../vm/config.js";
+import type { VmState } from "../vm/lifecycle.js";
+
+/** What the host agent reports about one VM. */
+export interface VmInfo {
+  name: string;
+  uuid: string;
+  state: VmState;
+  config: VmConfig;
+  /** pid of the VM process while it runs. */
+  pid?: number;
+  /** Last error (crash reason, failed start) if any. */
+  lastError?: string;
+  /** Milliseconds from start request to guest ready, for the last start. */
+  startMs?: number;
+  /** How the last start happened. */
+  startedFrom?: "template" | "cold";
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Events a host agent emits (streamed to WebSocket clients). */
+export type HostEvent =
+  | { type: "vm.state"; vm: string; state: VmState; at: string; reason?: string }
+  | { type: "vm.created"; vm: string; at: string }
+  | { type: "vm.destroyed"; vm: string; at: string }
+  | { type: "vm.crashed"; vm: string; at: string; reason: string };
+
+/** Console output of one VM: live bytes plus a bounded scrollback. */
+export interface ConsoleStream {
+  /** Everything kept in the scrollback (bounded, newest at the end). */
+  scrollback(): Buffer;
+  /** Subscribe to new output; returns an unsubscribe function. */
+  subscribe(fn: (chunk: Buffer) => void): () => void;
+}
+
+/** The host agent's VM supervisor, as the HTTP API sees it. Every method throws HopError subclasses with a `status`. */
+export interface Supervisor {
+  readonly hostName: string;
+  list(): VmInfo[];
+  /** Throws VM_NOT_FOUND (404). */
+  get(name: string): VmInfo;
+  /** Define a VM (and create its data disk). Throws VM_EXISTS (409), validation errors (400). */
+  create(req: VmCreateRequest): Promise<VmInfo>;
+  start(name: string): Promise<VmInfo>;
+  pause(name: string): Promise<VmInfo>;
+  resume(name: string): Promise<VmInfo>;
+  /** Graceful shutdown through the guest agent, hard power-off after `timeoutMs`. */
+  shutdown(name: string, opts?: { timeoutMs?: number }): Promise<VmInfo>;
+  /** Hard power-off. */
+  poweroff(name: string): Promise<VmInfo>;
+  /** Remove the VM definition (must be off unless force). Data disk is kept unless deleteDisk. */
+  destroy(name: string, opts?: { force?: boolean; deleteDisk?: boolean }): Promise<void>;
+  exec(name: string, command: string, opts?: { timeoutMs?: number }): Promise<ExecResult>;
+  /** Send bytes to the serial console. */
+  consoleWrite(name: string, data: Buffer): void;
+  console(name: string): ConsoleStream;
+  onEvent(fn: (ev: HostEvent) => void): () => void;
+  /** Stop every VM (gracefully, then hard) and release resources. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,118 @@
+import { fork, type ChildProcess } from "node:child_process";
+import { EventEmitter } from "node:events";
+import { fileURLToPath } from "node:url";
+import { HopError } from "../common/errors.js";
+import type { ChildMessage, VmInit, VmOp } from "../vm/ipc.js";
+
+const vmMain = fileURLToPath(new URL("../vm/main.js", import.meta.url));
+
+export class VmProcessError extends HopError {}
+
+interface PendingReq {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * The host agent's handle on one VM process: fork, request/response over IPC, and the
+ * process's events ("ready", "console", "state", "stopped", "exit").
+ */
+export class VmProcessHandle extends EventEmitter {
+  readonly child: ChildProcess;
+  private nextId = 1;
+  private readonly pending = new Map<number, PendingReq>();
+  exited = false;
+  stopReason: string | undefined;
+  fatalError: { code: string; message: string } | undefined;
+  private readonly exitPromise: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(init: VmInit) {
+    super();
+    this.child = fork(vmMain, [], {
+      serialization: "advanced",
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      env: { ...process.env, HOP_VM_NAME: init.name },
+    });
+    this.exitPromise = new Promise((resolve) => {
+      this.child.once("exit", (code, signal) => {
+        this.exited = true;
+        for (const [, p] of this.pending) {
+          clearTimeout(p.timer);
+          p.reject(new VmProcessError("VM_PROCESS_EXITED", `VM process exited (${signal ?? `code ${String(code)}`})`, { status: 409 }));
+        }
+        this.pending.clear();
+        resolve({ code, signal });
+        this.emit("exit", code, signal);
+      });
+    });
+    this.child.on("error", (err) => this.emit("procError", err));
+    this.child.on("message", (raw) => this.onMessage(raw as ChildMessage));
+    this.child.send(init);
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  request<T = unknown>(op: VmOp, timeoutMs = 30_000): Promise<T> {
+    if (this.exited) return Promise.reject(new VmProcessError("VM_PROCESS_EXITED", "VM process is not running", { status: 409 }));
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new VmProcessError("VM_PROCESS_TIMEOUT", `VM process did not answer ${op.op} within ${timeoutMs} ms`, { status: 504 }));
+      }, timeoutMs);
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.child.send({ t: "req", id, ...op });
+    });
+  }
+
+  /** Resolves when the process has exited. */
+  waitExit(timeoutMs?: number): Promise<boolean> {
+    if (timeoutMs === undefined) return this.exitPromise.then(() => true);
+    return Promise.race([this.exitPromise.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), timeoutMs).unref())]);
+  }
+
+  kill(): void {
+    if (!this.exited) this.child.kill("SIGKILL");
+  }
+
+  private onMessage(msg: ChildMessage): void {
+    switch (msg.t) {
+      case "res": {
+        const p = this.pending.get(msg.id);
+        if (p === undefined) return;
+        this.pending.delete(msg.id);
+        clearTimeout(p.timer);
+        if (msg.ok) p.resolve(msg.result);
+        else p.reject(new VmProcessError(msg.error.code, msg.error.message, { status: statusFor(msg.error.code) }));
+        return;
+      }
+      case "stopped":
+        this.stopReason = msg.reason;
+        this.emit("stopped", msg.reason);
+        return;
+      case "fatal":
+        this.fatalError = msg.error;
+        this.emit("fatal", msg.error);
+        return;
+      case "console":
+        this.emit("console", Buffer.from(msg.data));
+        return;
+      case "ready":
+        this.emit("ready", msg);
+        return;
+      case "state":
+        this.emit("guestState", msg.state);
+        return;
+    }
+  }
+}
+
+function statusFor(code: string): number {
+  if (code === "AGENT_TIMEOUT" || code === "VM_PROCESS_TIMEOUT") return 504;
+  if (code === "VM_PAUSED" || code === "VM_NOT_READY") return 409;
+  if (code.startsWith("AGENT_")) return 502;
+  return 500;
+}

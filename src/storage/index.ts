@@ -1,0 +1,13 @@
+export { FileDisk, DiskIoError } from "./disk.js";
+export { createDataDisk, DiskCreateError } from "./create.js";
+export {
+  type StateHeader,
+  StateFileError,
+  STATE_FORMAT_VERSION,
+  encodeStateFile,
+  decodeStateFile,
+  writeStateFile,
+  readStateFile,
+  checkCompatible,
+} from "./statefile.js";
+export { Datastore } from "./datastore.js";

@@ -1,0 +1,3 @@
+import { runVmProcess } from "./process.js";
+
+runVmProcess();

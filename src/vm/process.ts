@@ -1,0 +1,276 @@
+/**
+ * The VM process: one v86 guest per Node process (crash isolation, as QEMU and Firecracker
+ * do). It is started by the host agent's supervisor with fork(), receives a VmInit, boots or
+ * restores the guest, and then serves requests over IPC until the guest powers off or the
+ * host asks it to stop.
+ */
+import { readFile } from "node:fs/promises";
+import { HopError } from "../common/errors.js";
+import { Engine, ENGINE_VERSION } from "../engine/index.js";
+import { FileDisk, readStateFile, writeStateFile, checkCompatible } from "../storage/index.js";
+import { GuestAgentClient } from "./agent.js";
+import type { ChildMessage, GuestIdentity, ParentMessage, VmInit, VmOp } from "./ipc.js";
+
+const READY_MARKER = "HOPVISOR-READY";
+const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
+const CONSOLE_FLUSH_BYTES = 16 * 1024;
+
+function send(msg: ChildMessage): void {
+  if (process.send !== undefined && process.connected) process.send(msg);
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+export function identityCommand(id: GuestIdentity): string {
+  const args = ["hop-identity", "--hostname", id.hostname, "--mac", id.mac];
+  if (id.ip !== undefined) args.push("--ip", id.ip);
+  if (id.gw !== undefined) args.push("--gw", id.gw);
+  if (id.mountDisk) args.push("--mount-disk");
+  return args.map(shellQuote).join(" ");
+}
+
+class VmProcess {
+  private engine: Engine | undefined;
+  private disk: FileDisk | undefined;
+  private agent: GuestAgentClient | undefined;
+  private consoleBuf: number[] = [];
+  private consoleFlushScheduled = false;
+  private consoleTail = "";
+  private readyMarkerSeen: (() => void) | undefined;
+  private exiting = false;
+
+  constructor(private readonly init: VmInit) {}
+
+  async start(): Promise<void> {
+    const t0 = performance.now();
+    const phases: Record<string, number> = {};
+    const mark = (name: string, since: number): number => {
+      const now = performance.now();
+      phases[name] = Math.round((now - since) * 10) / 10;
+      return now;
+    };
+    const { init } = this;
+    const restore = init.start.mode === "restore";
+    const [bios, vgabios, bzimage, initrd, state] = await Promise.all([
+      readFile(init.image.bios),
+      readFile(init.image.vgabios),
+      restore ? undefined : readFile(init.image.bzimage),
+      restore ? undefined : readFile(init.image.initrd),
+      init.start.mode === "restore" ? readStateFile(init.start.statePath) : undefined,
+    ]);
+    let t = mark("read", t0);
+    if (init.disk !== undefined) {
+      this.disk = new FileDisk(init.disk);
+      this.disk.onError = (err) => this.fatal(err);
+    }
+    const engine = await Engine.create({
+      memoryMiB: init.memoryMiB,
+      vgaMemoryKiB: init.vgaMemoryKiB,
+      bios,
+      vgabios,
+      ...(bzimage !== undefined && initrd !== undefined && init.start.mode === "boot"
+        ? { boot: { bzimage, initrd, cmdline: init.start.cmdline } }
+        : {}),
+      ...(this.disk !== undefined ? { disk: this.disk } : {}),
+      nic: init.nic,
+      serialPorts: 2,
+    });
+    this.engine = engine;
+    t = mark("engine", t);
+    const agent = new GuestAgentClient((bytes) => engine.serialWrite(1, bytes));
+    this.agent = agent;
+    engine.onSerialByte(1, (b) => agent.feed(b));
+    engine.onSerialByte(0, (b) => this.onConsoleByte(b));
+
+    if (init.start.mode === "restore" && state !== undefined) {
+      checkCompatible(
+        state.header,
+        { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined },
+        init.start.statePath,
+      );
+      const p = state.payload;
+      await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
+      t = mark("restore", t);
+      await engine.run();
+      await agent.waitReady(10_000);
+      t = mark("agent", t);
+      await agent.setTime(Date.now(), 5_000);
+      const r = await agent.exec(identityCommand(init.start.identity), 20_000);
+      if (r.exitCode !== 0) {
+        throw new HopError("VM_IDENTITY_FAILED", `applying the VM's identity failed (exit ${r.exitCode}): ${(r.stderr || r.stdout).trim()}`);
+      }
+      mark("identity", t);
+    } else {
+      const readySeen = new Promise<void>((resolve) => (this.readyMarkerSeen = resolve));
+      await engine.run();
+      await withTimeout(readySeen, 120_000, "the guest did not print its ready line within 120 s");
+      t = mark("boot", t);
+      await agent.waitReady(10_000);
+      mark("agent", t);
+    }
+    send({ t: "ready", startMs: Math.round(performance.now() - t0), phases });
+    send({ t: "state", state: "running" });
+  }
+
+  async handle(req: VmOp): Promise<unknown> {
+    const engine = this.engine;
+    const agent = this.agent;
+    if (engine === undefined || agent === undefined) throw new HopError("VM_NOT_READY", "the VM is still starting", { status: 409 });
+    switch (req.op) {
+      case "pause":
+        await engine.pause();
+        send({ t: "state", state: "paused" });
+        return undefined;
+      case "resume":
+        await engine.run();
+        send({ t: "state", state: "running" });
+        return undefined;
+      case "exec":
+        if (!engine.running) throw new HopError("VM_PAUSED", "the VM is paused: its guest agent cannot run commands", { status: 409 });
+        return agent.exec(req.command, req.timeoutMs);
+      case "shutdown":
+        if (!engine.running) throw new HopError("VM_PAUSED", "the VM is paused: resume it or power it off", { status: 409 });
+        await agent.shutdown(req.timeoutMs);
+        return undefined;
+      case "poweroff":
+        setImmediate(() => void this.exit("powered off by the host"));
+        return undefined;
+      case "consoleWrite":
+        engine.serialWrite(0, req.data);
+        return undefined;
+      case "stats": {
+        const usage = process.cpuUsage();
+        const mem = process.memoryUsage();
+        return { instructions: engine.instructionCount(), rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, cpuUserUs: usage.user, cpuSystemUs: usage.system };
+      }
+      case "saveState": {
+        const wasRunning = engine.running;
+        if (wasRunning) await engine.pause();
+        try {
+          this.disk?.flush();
+          const state = await engine.saveState();
+          await writeStateFile(
+            req.path,
+            { ...req.header, engine: ENGINE_VERSION, createdAt: new Date().toISOString(), savedAtMs: Date.now() },
+            new Uint8Array(state),
+          );
+          return { bytes: state.byteLength };
+        } finally {
+          if (wasRunning) await engine.run();
+        }
+      }
+    }
+  }
+
+  private onConsoleByte(byte: number): void {
+    this.consoleBuf.push(byte);
+    if (this.consoleBuf.length >= CONSOLE_FLUSH_BYTES) this.flushConsole();
+    else if (!this.consoleFlushScheduled) {
+      this.consoleFlushScheduled = true;
+      setImmediate(() => this.flushConsole());
+    }
+    if (byte === 0x0a || this.consoleTail.length > 200) {
+      const line = this.consoleTail;
+      this.consoleTail = "";
+      if (this.readyMarkerSeen !== undefined && line.includes(READY_MARKER)) {
+        this.readyMarkerSeen();
+        this.readyMarkerSeen = undefined;
+      }
+      if (POWER_DOWN_MARKERS.some((m) => line.includes(m))) {
+        setTimeout(() => void this.exit(line.includes("Restarting") ? "guest rebooted (reboot is treated as power-off)" : "guest powered off"), 20);
+      }
+    } else {
+      this.consoleTail += String.fromCharCode(byte);
+    }
+  }
+
+  private flushConsole(): void {
+    this.consoleFlushScheduled = false;
+    if (this.consoleBuf.length === 0) return;
+    const data = Buffer.from(this.consoleBuf);
+    this.consoleBuf = [];
+    send({ t: "console", data });
+  }
+
+  fatal(err: unknown): void {
+    const e = err instanceof HopError ? err : new HopError("VM_PROCESS_FAILED", (err as Error)?.message ?? String(err));
+    send({ t: "fatal", error: { code: e.code, message: e.message } });
+    void this.exit(`fatal: ${e.message}`, 1);
+  }
+
+  async exit(reason: string, code = 0): Promise<void> {
+    if (this.exiting) return;
+    this.exiting = true;
+    this.flushConsole();
+    this.agent?.failAll(`VM stopped: ${reason}`);
+    try {
+      await this.engine?.destroy();
+    } catch {
+      // the process is going away; the disk flush below is what matters
+    }
+    try {
+      this.disk?.close();
+    } catch (err) {
+      send({ t: "fatal", error: { code: "DISK_FLUSH_FAILED", message: (err as Error).message } });
+      code = 1;
+    }
+    send({ t: "stopped", reason });
+    process.exitCode = code;
+    // Give the IPC channel a moment to deliver the last messages, then leave.
+    setTimeout(() => process.exit(code), 50);
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new HopError("VM_START_TIMEOUT", message, { status: 504 })), ms);
+      }),
+    ]);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+  }
+}
+
+function errorPayload(err: unknown): { code: string; message: string } {
+  if (err instanceof HopError) return { code: err.code, message: err.message };
+  return { code: "VM_PROCESS_ERROR", message: (err as Error)?.message ?? String(err) };
+}
+
+/** Entry point when this module runs as a forked VM process. */
+export function runVmProcess(): void {
+  let vm: VmProcess | undefined;
+  process.on("message", (raw) => {
+    const msg = raw as ParentMessage;
+    if (msg.t === "init") {
+      if (vm !== undefined) return;
+      const instance = new VmProcess(msg);
+      vm = instance;
+      instance.start().catch((err: unknown) => instance.fatal(err));
+      return;
+    }
+    const current = vm;
+    if (current === undefined) {
+      send({ t: "res", id: msg.id, ok: false, error: { code: "VM_NOT_READY", message: "VM process has no VM yet" } });
+      return;
+    }
+    current.handle(msg).then(
+      (result) => send({ t: "res", id: msg.id, ok: true, result }),
+      (err: unknown) => send({ t: "res", id: msg.id, ok: false, error: errorPayload(err) }),
+    );
+  });
+  // The host agent is our lifeline: if it goes away, this VM must not run on unsupervised.
+  process.on("disconnect", () => {
+    if (vm !== undefined) void vm.exit("host agent disconnected");
+    else process.exit(0);
+  });
+  process.on("uncaughtException", (err) => {
+    if (vm !== undefined) vm.fatal(err);
+    else process.exit(1);
+  });
+}
