@@ -43,7 +43,7 @@ async function main(): Promise<void> {
   await sup.init();
   const metrics: Metric[] = [];
   try {
-    await sup.prepareTemplate(128, false);
+    await sup.prepareTemplate(128);
 
     const boot: number[] = [];
     for (let i = 0; i < bootRuns; i++) {

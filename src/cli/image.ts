@@ -11,7 +11,7 @@ interface Progress {
 }
 
 /** A progress reporter: one bar per step on a terminal, plain lines otherwise. */
-function progressReporter(tty: boolean, out: NodeJS.WriteStream): { update(p: Progress): void; stop(): void } {
+export function progressReporter(tty: boolean, out: NodeJS.WriteStream): { update(p: Progress): void; stop(): void } {
   if (tty) {
     let bar: cliProgress.SingleBar | undefined;
     let step: string | undefined;

@@ -10,12 +10,13 @@ import { packageRoot } from "../common/paths.js";
 import * as host from "./host.js";
 import * as image from "./image.js";
 import * as vm from "./vm.js";
+import * as demo from "./demo.js";
 
 export interface CommandGroup {
   register(program: Command): void;
 }
 
-const commandGroups: CommandGroup[] = [host, vm, image];
+const commandGroups: CommandGroup[] = [host, vm, image, demo];
 
 function version(): string {
   try {

@@ -13,6 +13,8 @@ export interface DiskBackend {
   byteLength: number;
   load(): void;
   get(start: number, len: number, fn: (data: Uint8Array) => void): void;
+  get_and_cache(start: number, len: number, fn: (data: Uint8Array) => void): void;
+  get_from_cache(start: number, len: number): Uint8Array | undefined;
   set(start: number, data: Uint8Array, fn: () => void): void;
   get_state(): unknown[];
   set_state(state: unknown[]): void;

@@ -50,14 +50,14 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
   }
 }
 
-describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {
+void describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hop-sup-"));
     sup = new LocalSupervisor({ hostName: "test-a", datastore: join(dir, "ds") });
     await sup.init();
     // Boot once per hardware profile; every VM below restores these template states.
-    await sup.prepareTemplate(128, false);
-    await sup.prepareTemplate(128, true);
+    await sup.prepareTemplate(128);
+    await sup.prepareTemplate(128, 32);
   });
 
   after(async () => {
@@ -65,7 +65,7 @@ describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  test("a VM starts from the template and is ready with its own identity", async () => {
+  void test("a VM starts from the template and is ready with its own identity", async () => {
     const created = await sup.create({ name: "web1", memoryMiB: 128, ip: "10.20.0.11/24" });
     assert.equal(created.state, "defined");
     const info = await sup.start("web1");
@@ -83,14 +83,14 @@ describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {
     assert.ok(Math.abs(Number(date.stdout.trim()) - Date.now() / 1000) < 5, `guest clock ${date.stdout.trim()}`);
   });
 
-  test("exec returns stdout, stderr and the exit status", async () => {
+  void test("exec returns stdout, stderr and the exit status", async () => {
     const r = await sup.exec("web1", "echo out; echo err >&2; exit 7");
     assert.deepEqual(r, { exitCode: 7, stdout: "out\n", stderr: "err\n" });
     const kv = await sup.exec("web1", "kvc 127.0.0.1 7000 INCR hits; kvc 127.0.0.1 7000 INCR hits");
     assert.equal(kv.stdout, "VALUE 1\nVALUE 2\n");
   });
 
-  test("pause/resume keeps the hb sequence continuous with no gap beyond the pause", async () => {
+  void test("pause/resume keeps the hb sequence continuous with no gap beyond the pause", async () => {
     const hb = watchHeartbeats("web1");
     try {
       const r = await sup.exec("web1", "hb -i 10 > /dev/ttyS0 2>&1 &");
@@ -120,7 +120,7 @@ describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {
     }
   });
 
-  test("invalid transitions, unknown VMs and bad definitions get clear errors", async () => {
+  void test("invalid transitions, unknown VMs and bad definitions get clear errors", async () => {
     await expectCode(sup.resume("web1"), "VM_INVALID_TRANSITION", 409);
     await expectCode(sup.start("web1"), "VM_INVALID_TRANSITION", 409);
     await expectCode(sup.start("nope"), "VM_NOT_FOUND", 404);
@@ -133,7 +133,7 @@ describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {
     await expectCode(sup.exec("nope", "true"), "VM_NOT_FOUND", 404);
   });
 
-  test("a crashed VM process is reported and the host agent carries on", async () => {
+  void test("a crashed VM process is reported and the host agent carries on", async () => {
     await sup.create({ name: "crashy", memoryMiB: 128 });
     await sup.start("crashy");
     const pid = sup.pidOf("crashy");
@@ -161,7 +161,7 @@ describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {
     await expectCode(() => sup.get("crashy"), "VM_NOT_FOUND");
   });
 
-  test("data written to the data disk survives a VM restart", async () => {
+  void test("data written to the data disk survives a VM restart", async () => {
     await sup.create({ name: "db1", memoryMiB: 128, diskMiB: 32 });
     await sup.start("db1");
     const df = await sup.exec("db1", "mount | grep /data; df -k /data | tail -1");

@@ -87,8 +87,8 @@ export class LocalSupervisor implements Supervisor {
   }
 
   /** Boots and caches the template for a hardware profile ahead of time (tests, demo). */
-  async prepareTemplate(memoryMiB: number, disk: boolean): Promise<string> {
-    return this.templates.ensure(await this.getImage(), defaultProfile(memoryMiB, disk));
+  async prepareTemplate(memoryMiB: number, diskMiB?: number): Promise<string> {
+    return this.templates.ensure(await this.getImage(), defaultProfile(memoryMiB, diskMiB));
   }
 
   list(): VmInfo[] {
@@ -154,7 +154,7 @@ export class LocalSupervisor implements Supervisor {
       };
       let proc: VmProcessHandle;
       if (config.boot === "template") {
-        const statePath = await this.templates.ensure(image, defaultProfile(config.memoryMiB, disk !== undefined));
+        const statePath = await this.templates.ensure(image, defaultProfile(config.memoryMiB, config.disk?.sizeMiB));
         proc = new VmProcessHandle({
           ...base,
           start: {

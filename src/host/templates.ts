@@ -11,12 +11,12 @@ import { VmProcessHandle } from "./vmproc.js";
 
 /** Bump when what a template boots with changes in a way the image hash does not cover. */
 const TEMPLATE_RECIPE = 1;
-const PLACEHOLDER_DISK_MIB = 16;
 
 /** The hardware a template was booted with: a state restores only into the same hardware. */
 export interface TemplateProfile {
   memoryMiB: number;
-  disk: boolean;
+  /** Data disk size in MiB (the guest sees the size it probed at boot), or undefined: no disk. */
+  diskMiB: number | undefined;
   nic: NicModel;
   vgaMemoryKiB: number;
 }
@@ -31,8 +31,8 @@ export function imagePaths(image: GuestImage): ImagePaths {
   return { hash: image.hash, bzimage: image.bzimage, initrd: image.initrd, bios: image.bios, vgabios: image.vgabios };
 }
 
-export function defaultProfile(memoryMiB: number, disk: boolean): TemplateProfile {
-  return { memoryMiB, disk, nic: "virtio", vgaMemoryKiB: DEFAULT_VGA_KIB };
+export function defaultProfile(memoryMiB: number, diskMiB: number | undefined): TemplateProfile {
+  return { memoryMiB, diskMiB, nic: "virtio", vgaMemoryKiB: DEFAULT_VGA_KIB };
 }
 
 /**
@@ -47,7 +47,7 @@ export class TemplateStore {
 
   key(image: GuestImage, p: TemplateProfile): string {
     return createHash("sha256")
-      .update(JSON.stringify([TEMPLATE_RECIPE, image.hash, ENGINE_VERSION, p.memoryMiB, p.disk, p.nic, p.vgaMemoryKiB]))
+      .update(JSON.stringify([TEMPLATE_RECIPE, image.hash, ENGINE_VERSION, p.memoryMiB, p.diskMiB ?? 0, p.nic, p.vgaMemoryKiB]))
       .digest("hex")
       .slice(0, 24);
   }
@@ -74,7 +74,7 @@ export class TemplateStore {
       this.log.info({ key, profile }, "booting guest to save a template state (once per image and hardware profile)");
       const t0 = Date.now();
       let disk: string | undefined;
-      if (profile.disk) disk = await placeholderDisk(dir);
+      if (profile.diskMiB !== undefined) disk = await placeholderDisk(dir, profile.diskMiB);
       const proc = new VmProcessHandle({
         t: "init",
         name: `template-${key}`,
@@ -97,7 +97,7 @@ export class TemplateStore {
           {
             op: "saveState",
             path: statePath,
-            header: { kind: "template", memoryMiB: profile.memoryMiB, vgaMemoryKiB: profile.vgaMemoryKiB, nic: profile.nic, disk: profile.disk, imageHash: image.hash },
+            header: { kind: "template", memoryMiB: profile.memoryMiB, vgaMemoryKiB: profile.vgaMemoryKiB, nic: profile.nic, disk: profile.diskMiB !== undefined, imageHash: image.hash },
           },
           60_000,
         );
@@ -122,8 +122,12 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-/** An all-zero disk the template boots with, so the guest has probed an IDE disk. */
-async function placeholderDisk(dir: string): Promise<string> {
+/**
+ * An all-zero (sparse) disk of the clone's size that the template boots with, so the guest has
+ * probed an IDE disk of that capacity (libata does not re-read the capacity on a rescan).
+ */
+async function placeholderDisk(dir: string, sizeMiB: number): Promise<string> {
+  const PLACEHOLDER_DISK_MIB = sizeMiB;
   const path = join(dir, `placeholder-${PLACEHOLDER_DISK_MIB}m.img`);
   const fh = await open(path, "a");
   try {

@@ -50,14 +50,14 @@ export class PrivateApt {
   /** Downloads the packages into `into`; returns their .deb paths keyed by package name. */
   async download(pkgs: string[], into: string): Promise<Map<string, string>> {
     await mkdir(into, { recursive: true });
-    let lastErr: unknown;
+    let lastErr: Error | undefined;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await run("apt-get", [...this.opts(), "-qq", "download", ...pkgs], { cwd: into });
         lastErr = undefined;
         break;
       } catch (err) {
-        lastErr = err;
+        lastErr = err as Error;
         await new Promise((r) => setTimeout(r, 2000));
       }
     }

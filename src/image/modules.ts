@@ -3,7 +3,7 @@ import { join, relative } from "node:path";
 import { ImageBuildError } from "./errors.js";
 
 /** Kernel modules the guest loads: NICs (virtio, ne2k fallback), the IDE data disk and its filesystem. */
-export const GUEST_MODULES = ["virtio_pci", "virtio_net", "ne2k-pci", "ata_piix", "ata_generic", "sd_mod", "ext4"];
+export const GUEST_MODULES = ["virtio_pci", "virtio_net", "ne2k-pci", "ata_piix", "ata_generic", "sd_mod", "crc32c_generic", "ext4"];
 
 function modName(path: string): string {
   const base = path.split("/").pop() ?? path;

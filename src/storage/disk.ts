@@ -54,6 +54,18 @@ export class FileDisk {
     fn(out);
   }
 
+  /** v86 reads the first sector through this before boot; there is no cache to fill. */
+  get_and_cache(start: number, len: number, fn: (data: Uint8Array) => void): void {
+    this.get(start, len, fn);
+  }
+
+  /** Synchronous read v86 uses for the disk geometry (first sector). */
+  get_from_cache(start: number, len: number): Uint8Array {
+    let out: Uint8Array = new Uint8Array(len);
+    this.get(start, len, (d) => (out = d));
+    return out;
+  }
+
   set(start: number, data: Uint8Array, fn: () => void): void {
     try {
       let done = 0;

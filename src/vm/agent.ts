@@ -33,7 +33,6 @@ export class GuestAgentClient {
   private line: number[] = [];
   private nextId = 1;
   private readonly pending = new Map<string, Pending>();
-  private helloWaiters: (() => void)[] = [];
   helloSeen = false;
 
   constructor(private readonly write: (bytes: Uint8Array) => void) {}
@@ -113,12 +112,12 @@ export class GuestAgentClient {
     if (kind === undefined || kind === "") return;
     if (kind === "HELLO") {
       this.helloSeen = true;
-      const waiters = this.helloWaiters;
-      this.helloWaiters = [];
-      for (const w of waiters) w();
       return;
     }
     if (id === undefined) return;
+    // Our own request echoed back (the serial line was briefly in cooked mode while the
+    // agent started): not a reply; the real reply follows.
+    if (kind === "PING" || kind === "EXEC" || kind === "TIME" || kind === "SHUTDOWN") return;
     const p = this.pending.get(id);
     if (p === undefined) return; // a reply to a request that timed out
     if (kind === "OUT" || kind === "ERR") {

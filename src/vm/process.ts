@@ -108,6 +108,9 @@ class VmProcess {
       await withTimeout(readySeen, 120_000, "the guest did not print its ready line within 120 s");
       t = mark("boot", t);
       await agent.waitReady(10_000);
+      // The first command after boot can be lost while the guest's serial line settles:
+      // a throw-away command makes sure the agent channel is in sync before we report ready.
+      await agent.exec("true", 2_000).catch(() => agent.exec("true", 5_000));
       mark("agent", t);
     }
     send({ t: "ready", startMs: Math.round(performance.now() - t0), phases });

@@ -32,7 +32,12 @@ if [ -n "$MOUNT" ]; then
   echo 3 > /proc/sys/vm/drop_caches
   blockdev --flushbufs /dev/sda 2>/dev/null
   echo 1 > /sys/class/block/sda/device/rescan 2>/dev/null
-  for i in 1 2 3 4 5 6 7 8 9 10; do blockdev --rereadpt /dev/sda 2>/dev/null && break; sleep 0.1; done
-  mount -t ext4 /dev/sda /data || fail "cannot mount /dev/sda on /data"
+  # The rescan may re-create the device node: wait for it, then mount (retrying briefly).
+  ok=
+  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    if [ -b /dev/sda ] && mount -t ext4 /dev/sda /data 2>/tmp/mount.err; then ok=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$ok" ] || fail "cannot mount /dev/sda on /data: $(cat /tmp/mount.err 2>/dev/null)"
 fi
 echo "identity: hostname=$HOST mac=$MAC ip=$IP gw=$GW disk=${MOUNT:+mounted}"

@@ -27,6 +27,7 @@ modprobe virtio_pci 2>/dev/null
 modprobe virtio_net 2>/dev/null || modprobe ne2k-pci 2>/dev/null
 modprobe ata_piix 2>/dev/null
 modprobe sd_mod 2>/dev/null
+modprobe crc32c_generic 2>/dev/null
 modprobe ext4 2>/dev/null
 
 ip link set lo up
