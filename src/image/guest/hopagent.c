@@ -207,6 +207,8 @@ int main(int argc, char **argv) {
       if (j->out >= 0) { fds[n].fd = j->out; fds[n].events = POLLIN; owner[n] = j; which[n] = 1; n++; }
       if (j->err >= 0) { fds[n].fd = j->err; fds[n].events = POLLIN; owner[n] = j; which[n] = 2; n++; }
       if (j->exited) timeout = 20;
+      /* Output done but not reaped yet: SIGCHLD does not wake poll(), so look again soon. */
+      if (!j->exited && j->out < 0 && j->err < 0) timeout = 2;
     }
     int r = poll(fds, (nfds_t)n, timeout);
     if (r < 0 && errno != EINTR) return 1;
