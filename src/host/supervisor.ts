@@ -13,7 +13,8 @@ import type { VmStats } from "../vm/ipc.js";
 import { ConsoleBuffer } from "./console.js";
 import { defaultProfile, imagePaths, TemplateStore } from "./templates.js";
 import type { ConsoleStream, ExecResult, HostEvent, Supervisor, VmInfo } from "./types.js";
-import { VmProcessHandle } from "./vmproc.js";
+import { forkVmProcess, VmProcessHandle } from "./vmproc.js";
+import type { ChildProcess } from "node:child_process";
 
 export class VmNotFoundError extends HopError {
   constructor(name: string) {
@@ -55,6 +56,8 @@ export class LocalSupervisor implements Supervisor {
   private readonly events = new EventEmitter();
   private readonly templates: TemplateStore;
   private image: Promise<GuestImage> | undefined;
+  /** One VM process forked ahead of need, so a start does not wait for Node to boot. */
+  private spare: ChildProcess | undefined;
   private closing = false;
 
   constructor(opts: LocalSupervisorOptions) {
@@ -64,6 +67,24 @@ export class LocalSupervisor implements Supervisor {
     this.log = opts.log ?? createLogger("host", { host: opts.hostName });
     this.templates = new TemplateStore(this.cacheDir, this.log);
     this.events.setMaxListeners(0);
+  }
+
+  /** A pre-forked VM process for the next start (and fork the one after it). */
+  private takeSpare(): ChildProcess | undefined {
+    const spare = this.spare;
+    this.spare = undefined;
+    if (!this.closing) {
+      const next = forkVmProcess();
+      next.unref();
+      next.channel?.unref();
+      next.on("error", () => undefined);
+      this.spare = next;
+    }
+    if (spare !== undefined) {
+      spare.ref();
+      spare.channel?.ref();
+    }
+    return spare;
   }
 
   /** Loads the VMs defined on the datastore (they start powered off). */
@@ -168,7 +189,7 @@ export class LocalSupervisor implements Supervisor {
               ...(config.gw !== undefined ? { gw: config.gw } : {}),
             },
           },
-        });
+        }, this.takeSpare());
       } else {
         const cmdline = kernelCmdline({
           hostname: config.name,
@@ -300,6 +321,8 @@ export class LocalSupervisor implements Supervisor {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.spare?.kill();
+    this.spare = undefined;
     const running = [...this.vms.values()].filter((r) => r.proc !== undefined && !r.proc.exited);
     await Promise.all(
       running.map(async (r) => {

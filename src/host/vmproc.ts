@@ -8,6 +8,11 @@ const vmMain = fileURLToPath(new URL("../vm/main.js", import.meta.url));
 
 export class VmProcessError extends HopError {}
 
+/** Forks an idle VM process; it loads the engine and waits for its VmInit. */
+export function forkVmProcess(): ChildProcess {
+  return fork(vmMain, [], { serialization: "advanced", stdio: ["ignore", "inherit", "inherit", "ipc"] });
+}
+
 interface PendingReq {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
@@ -27,13 +32,13 @@ export class VmProcessHandle extends EventEmitter {
   fatalError: { code: string; message: string } | undefined;
   private readonly exitPromise: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(init: VmInit) {
+  /**
+   * Starts a VM in `child` (a process from forkVmProcess(), possibly forked ahead of time so
+   * that Node's start-up and module loading are off the VM's start path) or in a new one.
+   */
+  constructor(init: VmInit, child?: ChildProcess) {
     super();
-    this.child = fork(vmMain, [], {
-      serialization: "advanced",
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
-      env: { ...process.env, HOP_VM_NAME: init.name },
-    });
+    this.child = child !== undefined && child.exitCode === null && child.signalCode === null && child.connected ? child : forkVmProcess();
     this.exitPromise = new Promise((resolve) => {
       this.child.once("exit", (code, signal) => {
         this.exited = true;

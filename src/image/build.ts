@@ -15,7 +15,7 @@ import { GUEST_MODULES, resolveModules } from "./modules.js";
 const BUILDER_VERSION = 1;
 const GUEST_DIR = join(packageRoot, "src", "image", "guest");
 const TOOLS = ["hopagent", "hb", "dirty", "kvd", "kvc"];
-const SCRIPTS: Record<string, string> = { "init.sh": "init", "hop-identity.sh": "usr/bin/hop-identity" };
+const SCRIPTS: Record<string, string> = { "init.sh": "init" };
 
 export interface ImageManifest {
   hash: string;

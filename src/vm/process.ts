@@ -9,7 +9,7 @@ import { HopError } from "../common/errors.js";
 import { Engine, ENGINE_VERSION } from "../engine/index.js";
 import { FileDisk, readStateFile, writeStateFile, checkCompatible } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
-import type { ChildMessage, GuestIdentity, ParentMessage, VmInit, VmOp } from "./ipc.js";
+import type { ChildMessage, ParentMessage, VmInit, VmOp } from "./ipc.js";
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
@@ -17,18 +17,6 @@ const CONSOLE_FLUSH_BYTES = 16 * 1024;
 
 function send(msg: ChildMessage): void {
   if (process.send !== undefined && process.connected) process.send(msg);
-}
-
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
-export function identityCommand(id: GuestIdentity): string {
-  const args = ["hop-identity", "--hostname", id.hostname, "--mac", id.mac];
-  if (id.ip !== undefined) args.push("--ip", id.ip);
-  if (id.gw !== undefined) args.push("--gw", id.gw);
-  if (id.mountDisk) args.push("--mount-disk");
-  return args.map(shellQuote).join(" ");
 }
 
 class VmProcess {
@@ -53,32 +41,35 @@ class VmProcess {
     };
     const { init } = this;
     const restore = init.start.mode === "restore";
-    const [bios, vgabios, bzimage, initrd, state] = await Promise.all([
+    const [bios, vgabios, bzimage, initrd] = await Promise.all([
       readFile(init.image.bios),
       readFile(init.image.vgabios),
       restore ? undefined : readFile(init.image.bzimage),
       restore ? undefined : readFile(init.image.initrd),
-      init.start.mode === "restore" ? readStateFile(init.start.statePath) : undefined,
     ]);
-    let t = mark("read", t0);
     if (init.disk !== undefined) {
       this.disk = new FileDisk(init.disk);
       this.disk.onError = (err) => this.fatal(err);
     }
-    const engine = await Engine.create({
-      memoryMiB: init.memoryMiB,
-      vgaMemoryKiB: init.vgaMemoryKiB,
-      bios,
-      vgabios,
-      ...(bzimage !== undefined && initrd !== undefined && init.start.mode === "boot"
-        ? { boot: { bzimage, initrd, cmdline: init.start.cmdline } }
-        : {}),
-      ...(this.disk !== undefined ? { disk: this.disk } : {}),
-      nic: init.nic,
-      serialPorts: 2,
-    });
+    // Reading and verifying the saved state overlaps with the engine's start-up (its wasm
+    // compiles off the main thread).
+    const [engine, state] = await Promise.all([
+      Engine.create({
+        memoryMiB: init.memoryMiB,
+        vgaMemoryKiB: init.vgaMemoryKiB,
+        bios,
+        vgabios,
+        ...(bzimage !== undefined && initrd !== undefined && init.start.mode === "boot"
+          ? { boot: { bzimage, initrd, cmdline: init.start.cmdline } }
+          : {}),
+        ...(this.disk !== undefined ? { disk: this.disk } : {}),
+        nic: init.nic,
+        serialPorts: 2,
+      }),
+      init.start.mode === "restore" ? readStateFile(init.start.statePath) : undefined,
+    ]);
+    let t = mark("engine+read", t0);
     this.engine = engine;
-    t = mark("engine", t);
     const agent = new GuestAgentClient((bytes) => engine.serialWrite(1, bytes));
     this.agent = agent;
     engine.onSerialByte(1, (b) => agent.feed(b));
@@ -97,9 +88,10 @@ class VmProcess {
       await agent.waitReady(10_000);
       t = mark("agent", t);
       await agent.setTime(Date.now(), 5_000);
-      const r = await agent.exec(identityCommand(init.start.identity), 20_000);
-      if (r.exitCode !== 0) {
-        throw new HopError("VM_IDENTITY_FAILED", `applying the VM's identity failed (exit ${r.exitCode}): ${(r.stderr || r.stdout).trim()}`);
+      try {
+        await agent.ident(init.start.identity, 20_000);
+      } catch (err) {
+        throw new HopError("VM_IDENTITY_FAILED", `applying the VM's identity failed: ${(err as Error).message}`, { cause: err });
       }
       mark("identity", t);
     } else {
