@@ -80,9 +80,9 @@ export function decodeStateFile(file: Buffer, source = "state file"): { header: 
 
 /** Writes atomically: a temp file is fsynced, then renamed over `path`. A full disk leaves no partial file. */
 export async function writeStateFile(path: string, header: StateHeader, payload: Uint8Array): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
   const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
   try {
+    await mkdir(dirname(path), { recursive: true });
     const fh = await open(tmp, "w");
     try {
       for (const part of encodeStateFile(header, payload)) await fh.write(part);
