@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { HopError } from "../common/errors.js";
 import { LocalSupervisor } from "./supervisor.js";
+import { serveHost } from "./server.js";
 
 let dir: string;
 let sup: LocalSupervisor;
@@ -131,6 +132,37 @@ void describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () =
     await expectCode(sup.create({ name: "web1" }), "VM_EXISTS", 409);
     await expectCode(sup.destroy("web1"), "VM_INVALID_TRANSITION", 409);
     await expectCode(sup.exec("nope", "true"), "VM_NOT_FOUND", 404);
+  });
+
+  void test("the real host agent API refuses bad requests with clear errors", async () => {
+    const server = await serveHost({ supervisor: sup, token: "t0ken-for-tests", listen: "127.0.0.1:0" });
+    try {
+      const call = async (method: string, path: string, token: string, body?: unknown): Promise<{ status: number; json: { error?: { code: string; message: string } } & Record<string, unknown> }> => {
+        const res = await fetch(`${server.url}${path}`, {
+          method,
+          headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
+          ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        });
+        return { status: res.status, json: (await res.json()) as { error?: { code: string; message: string } } };
+      };
+      const wrong = await call("GET", "/v1/vms", "wrong");
+      assert.equal(wrong.status, 401);
+      assert.equal(wrong.json.error?.code, "AUTH_INVALID");
+      const unknown = await call("POST", "/v1/vms/nope/start", "t0ken-for-tests");
+      assert.equal(unknown.status, 404);
+      assert.equal(unknown.json.error?.code, "VM_NOT_FOUND");
+      const mem = await call("POST", "/v1/vms", "t0ken-for-tests", { name: "x1", memoryMiB: 4000 });
+      assert.equal(mem.status, 400);
+      assert.match(mem.json.error?.message ?? "", /memoryMiB/);
+      const resume = await call("POST", "/v1/vms/web1/resume", "t0ken-for-tests");
+      assert.equal(resume.status, 409);
+      assert.equal(resume.json.error?.code, "VM_INVALID_TRANSITION");
+      const exec = await call("POST", "/v1/vms/web1/exec", "t0ken-for-tests", { command: "echo via-http" });
+      assert.equal(exec.status, 200);
+      assert.equal(exec.json["stdout"], "via-http\n");
+    } finally {
+      await server.close();
+    }
   });
 
   void test("a crashed VM process is reported and the host agent carries on", async () => {
