@@ -11,6 +11,7 @@ need=()
 dpkg -s gcc-multilib >/dev/null 2>&1 || need+=(gcc-multilib)
 command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || need+=(e2fsprogs)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
