@@ -2,6 +2,7 @@
  * The host agent API over real HTTP and WebSockets (fastify on 127.0.0.1, port 0), against an
  * in-memory Supervisor that follows the real lifecycle table; plus the `hop` CLI end to end.
  */
+import { parseInput } from "../common/validation.js";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
@@ -62,9 +63,7 @@ class MemorySupervisor implements Supervisor {
   }
 
   async create(req: VmCreateRequest): Promise<VmInfo> {
-    const parsed = vmCreateSchema.safeParse(req);
-    if (!parsed.success) throw new HopError("BAD_REQUEST", parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "), { status: 400 });
-    const r = parsed.data;
+    const r = parseInput(vmCreateSchema, req, "body");
     if (this.vms.has(r.name)) throw new HopError("VM_EXISTS", `a VM named '${r.name}' already exists on this host`, { status: 409 });
     const config: VmConfig = {
       name: r.name,

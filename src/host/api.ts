@@ -4,6 +4,7 @@
  * consoles. Request and response types are exported for the typed client.
  */
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { BadRequestError, formatIssues, parseInput } from "../common/validation.js";
 import type { RawData, WebSocket } from "ws";
 import { z } from "zod";
 import { HopError, errorMessage } from "../common/errors.js";
@@ -101,28 +102,7 @@ export type { ExecResult, HostEvent, VmInfo };
 
 // ---- validation and errors ----
 
-export class BadRequestError extends HopError {
-  constructor(message: string) {
-    super("BAD_REQUEST", message, { status: 400 });
-  }
-}
-
-/** One line per zod issue: "path: message" ("body" / the given label when the path is empty). */
-export function formatIssues(issues: readonly z.core.$ZodIssue[], label: string): string {
-  return issues
-    .map((i) => {
-      const path = i.path.map((p) => String(p)).join(".");
-      return `${path === "" ? label : path}: ${i.message}`;
-    })
-    .join("; ");
-}
-
-/** Parses `value` with `schema` or throws BAD_REQUEST (400) listing every issue. */
-export function parseInput<S extends z.ZodType>(schema: S, value: unknown, label: string): z.output<S> {
-  const r = schema.safeParse(value);
-  if (!r.success) throw new BadRequestError(formatIssues(r.error.issues, label));
-  return r.data;
-}
+export { BadRequestError, formatIssues, parseInput };
 
 export function parseVmName(value: unknown): string {
   return parseInput(vmNameSchema, value, "name");

@@ -3,6 +3,7 @@ import { EventEmitter } from "node:events";
 import { join } from "node:path";
 import { HopError } from "../common/errors.js";
 import { createLogger, type Logger } from "../common/log.js";
+import { parseInput } from "../common/validation.js";
 import { defaultCacheDir } from "../common/paths.js";
 import { DEFAULT_VGA_KIB } from "../engine/index.js";
 import { ensureImage, kernelCmdline, type GuestImage } from "../image/index.js";
@@ -121,11 +122,7 @@ export class LocalSupervisor implements Supervisor {
   }
 
   async create(req: VmCreateRequest): Promise<VmInfo> {
-    const parsed = vmCreateSchema.safeParse(req);
-    if (!parsed.success) {
-      throw new HopError("BAD_REQUEST", parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; "), { status: 400 });
-    }
-    const r = parsed.data;
+    const r = parseInput(vmCreateSchema, req, "body");
     if (this.vms.has(r.name)) throw new HopError("VM_EXISTS", `a VM named '${r.name}' already exists on this host`, { status: 409 });
     const config: VmConfig = {
       name: r.name,
