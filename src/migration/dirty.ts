@@ -1,0 +1,158 @@
+/**
+ * Dirty-page detection by shadow compare. v86 has no dirty log, so the source keeps a copy of
+ * guest RAM as the target holds it (the "shadow") and compares: 64 KiB blocks first
+ * (memcmp through Buffer#compare, no allocation), then the 4 KiB pages of a block that differs.
+ *
+ * The invariant the sender relies on: after every reported page has been sent, the shadow equals
+ * the target's RAM. A page is copied into the shadow in the same synchronous step in which
+ * it is reported, so the bytes the callback encodes are exactly the bytes the shadow keeps, even
+ * though the guest keeps running between slices.
+ *
+ * The scan blocks the thread the guest runs on: scan in slices and yield between them.
+ */
+import { PAGE_SIZE } from "./protocol.js";
+
+export const BLOCK_BYTES = 64 * 1024;
+
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+/** True when every byte of `page` is zero (memcmp against a zero page; no allocation for 4 KiB pages). */
+export function isZeroPage(page: Uint8Array): boolean {
+  if (page.length === PAGE_SIZE) return Buffer.compare(page, ZERO_PAGE) === 0;
+  for (let i = 0; i < page.length; i += PAGE_SIZE) {
+    const part = page.subarray(i, Math.min(i + PAGE_SIZE, page.length));
+    if (Buffer.compare(part, ZERO_PAGE.subarray(0, part.length)) !== 0) return false;
+  }
+  return true;
+}
+
+/**
+ * Called for each reported page before the shadow takes its new content. `current` views guest
+ * RAM; `previous` views the shadow, i.e. the copy the target holds, and is undefined when the
+ * page was never reported before (the target holds nothing known: send it whole, never as a
+ * DELTA). Both views are valid only during the call.
+ */
+export type DirtyCallback = (page: number, current: Uint8Array, previous: Uint8Array | undefined) => void;
+
+export interface ScanOptions {
+  /** Called per dirty page (see DirtyCallback); encode the page here. */
+  onDirty?: DirtyCallback;
+  /** Report every page in range, changed or not (the first, full round). */
+  all?: boolean;
+}
+
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function asBuffer(a: Uint8Array): Buffer {
+  return Buffer.isBuffer(a) ? a : Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
+export class DirtyTracker {
+  readonly pageCount: number;
+  readonly pageSize: number;
+  readonly byteLength: number;
+  private readonly shadow: Buffer;
+  private readonly pagesPerBlock: number;
+  /** 1 for pages whose shadow is known to be the target's copy. */
+  private readonly known: Uint8Array;
+
+  /** The shadow starts all zero: call snapshot() for a baseline, or report every page once with `all`. */
+  constructor(pageCount: number, pageSize = PAGE_SIZE) {
+    if (!Number.isInteger(pageCount) || pageCount <= 0) throw new RangeError(`pageCount must be a positive integer, got ${pageCount}`);
+    this.pageCount = pageCount;
+    this.pageSize = pageSize;
+    this.byteLength = pageCount * pageSize;
+    this.shadow = Buffer.alloc(this.byteLength);
+    this.pagesPerBlock = Math.max(1, Math.floor(BLOCK_BYTES / pageSize));
+    this.known = new Uint8Array(pageCount);
+  }
+
+  /** The shadow (read-only by contract): the content the target holds for every sent page. */
+  get shadowView(): Uint8Array {
+    return this.shadow;
+  }
+
+  private check(ram: Uint8Array, fromPage: number, toPage: number): void {
+    if (ram.length < this.byteLength) throw new RangeError(`RAM view is ${ram.length} bytes, the tracker covers ${this.byteLength}`);
+    if (!(fromPage >= 0 && fromPage <= toPage && toPage <= this.pageCount)) throw new RangeError(`page range [${fromPage}, ${toPage}) is outside [0, ${this.pageCount})`);
+  }
+
+  /**
+   * Copies all of RAM into the shadow as the baseline (nothing reported). Only for when the
+   * target already holds exactly this content; a migration's first round uses `all` instead.
+   */
+  snapshot(ram: Uint8Array): void {
+    this.check(ram, 0, this.pageCount);
+    this.shadow.set(ram.subarray(0, this.byteLength));
+    this.known.fill(1);
+  }
+
+  /** Pages reported at least once (or covered by snapshot()). */
+  knownPages(): number {
+    let n = 0;
+    for (let i = 0; i < this.pageCount; i++) n += this.known[i]!;
+    return n;
+  }
+
+  /** Pages in [fromPage, toPage) that differ from the shadow (ascending), updating the shadow. */
+  scanSlice(ram: Uint8Array, fromPage: number, toPage: number, options: ScanOptions = {}): number[] {
+    this.check(ram, fromPage, toPage);
+    const mem = asBuffer(ram);
+    const shadow = this.shadow;
+    const ps = this.pageSize;
+    const onDirty = options.onDirty;
+    const dirty: number[] = [];
+    if (options.all === true) {
+      for (let p = fromPage; p < toPage; p++) {
+        const off = p * ps;
+        const cur = mem.subarray(off, off + ps);
+        onDirty?.(p, cur, this.known[p] === 1 ? shadow.subarray(off, off + ps) : undefined);
+        shadow.set(cur, off);
+        this.known[p] = 1;
+        dirty.push(p);
+      }
+      return dirty;
+    }
+    const ppb = this.pagesPerBlock;
+    let p = fromPage;
+    while (p < toPage) {
+      // Blocks are aligned to ppb pages so that slices of any size share the same blocks.
+      const blockEnd = Math.min(toPage, (Math.floor(p / ppb) + 1) * ppb);
+      const start = p * ps;
+      const end = blockEnd * ps;
+      if (mem.compare(shadow, start, end, start, end) !== 0) {
+        for (let q = p; q < blockEnd; q++) {
+          const off = q * ps;
+          if (mem.compare(shadow, off, off + ps, off, off + ps) !== 0) {
+            const cur = mem.subarray(off, off + ps);
+            onDirty?.(q, cur, this.known[q] === 1 ? shadow.subarray(off, off + ps) : undefined);
+            shadow.set(cur, off);
+            this.known[q] = 1;
+            dirty.push(q);
+          }
+        }
+      }
+      p = blockEnd;
+    }
+    return dirty;
+  }
+
+  /**
+   * Scans all of RAM in slices of `sliceBytes` (default 4 MiB, ~0.2 ms), awaiting `yieldFn`
+   * between slices so the guest keeps running in the same thread. `getRam` is called for
+   * every slice: wasm memory can grow and detach an older view.
+   */
+  async scanAll(getRam: () => Uint8Array, options: ScanOptions & { sliceBytes?: number; yieldFn?: () => Promise<void> } = {}): Promise<number[]> {
+    const slicePages = Math.max(1, Math.floor((options.sliceBytes ?? 4 * 1024 * 1024) / this.pageSize));
+    const yieldFn = options.yieldFn ?? yieldToEventLoop;
+    const dirty: number[] = [];
+    for (let p = 0; p < this.pageCount; p += slicePages) {
+      if (p > 0) await yieldFn();
+      const found = this.scanSlice(getRam(), p, Math.min(this.pageCount, p + slicePages), options);
+      for (const q of found) dirty.push(q);
+    }
+    return dirty;
+  }
+}
