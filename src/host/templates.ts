@@ -127,12 +127,11 @@ async function exists(p: string): Promise<boolean> {
  * probed an IDE disk of that capacity (libata does not re-read the capacity on a rescan).
  */
 async function placeholderDisk(dir: string, sizeMiB: number): Promise<string> {
-  const PLACEHOLDER_DISK_MIB = sizeMiB;
-  const path = join(dir, `placeholder-${PLACEHOLDER_DISK_MIB}m.img`);
+  const path = join(dir, `placeholder-${sizeMiB}m.img`);
   const fh = await open(path, "a");
   try {
     const { size } = await fh.stat();
-    if (size !== PLACEHOLDER_DISK_MIB * 1024 * 1024) await fh.truncate(PLACEHOLDER_DISK_MIB * 1024 * 1024);
+    if (size !== sizeMiB * 1024 * 1024) await fh.truncate(sizeMiB * 1024 * 1024);
   } finally {
     await fh.close();
   }

@@ -100,16 +100,11 @@ export function lz4CompressBlock(src: Uint8Array, dest: Uint8Array, destOff: num
   }
   // Last literals.
   const litLen = n - anchor;
-  const need = 1 + (litLen >= 15 ? Math.floor((litLen - 15) / 255) + 1 : 0) + litLen;
+  const need = 1 + extensionBytes(litLen) + litLen;
   if (op + need > limit) return -1;
   if (litLen >= 15) {
     dest[op++] = 0xf0;
-    let rest = litLen - 15;
-    while (rest >= 255) {
-      dest[op++] = 255;
-      rest -= 255;
-    }
-    dest[op++] = rest;
+    op = writeLengthExtension(dest, op, litLen - 15);
   } else {
     dest[op++] = litLen << 4;
   }
@@ -118,20 +113,30 @@ export function lz4CompressBlock(src: Uint8Array, dest: Uint8Array, destOff: num
   return op - destOff;
 }
 
+/** Bytes needed for a length field's extension (the part beyond the token's 15). */
+function extensionBytes(len: number): number {
+  return len >= 15 ? Math.floor((len - 15) / 255) + 1 : 0;
+}
+
+/** Writes a length's extension bytes (255 each, then the rest); returns the new offset. */
+function writeLengthExtension(dest: Uint8Array, op: number, rest: number): number {
+  while (rest >= 255) {
+    dest[op++] = 255;
+    rest -= 255;
+  }
+  dest[op++] = rest;
+  return op;
+}
+
 function writeSequence(src: Uint8Array, litStart: number, litLen: number, offset: number, matchLen: number, dest: Uint8Array, op: number, limit: number): number {
   const ml = matchLen - MIN_MATCH;
-  const need = 1 + (litLen >= 15 ? Math.floor((litLen - 15) / 255) + 1 : 0) + litLen + 2 + (ml >= 15 ? Math.floor((ml - 15) / 255) + 1 : 0);
+  const need = 1 + extensionBytes(litLen) + litLen + 2 + extensionBytes(ml);
   if (op + need > limit) return -1;
   const tokenAt = op++;
   let token: number;
   if (litLen >= 15) {
     token = 0xf0;
-    let rest = litLen - 15;
-    while (rest >= 255) {
-      dest[op++] = 255;
-      rest -= 255;
-    }
-    dest[op++] = rest;
+    op = writeLengthExtension(dest, op, litLen - 15);
   } else {
     token = litLen << 4;
   }
@@ -144,12 +149,7 @@ function writeSequence(src: Uint8Array, litStart: number, litLen: number, offset
   dest[op++] = offset >>> 8;
   if (ml >= 15) {
     token |= 15;
-    let rest = ml - 15;
-    while (rest >= 255) {
-      dest[op++] = 255;
-      rest -= 255;
-    }
-    dest[op++] = rest;
+    op = writeLengthExtension(dest, op, ml - 15);
   } else {
     token |= ml;
   }
