@@ -2,6 +2,7 @@ import { fork, type ChildProcess } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { fileURLToPath } from "node:url";
 import { HopError } from "../common/errors.js";
+import { VM_PROCESS_EXEC_ARGV } from "../vm/flags.js";
 import type { ChildMessage, VmInit, VmOp } from "../vm/ipc.js";
 
 const vmMain = fileURLToPath(new URL("../vm/main.js", import.meta.url));
@@ -10,7 +11,7 @@ export class VmProcessError extends HopError {}
 
 /** Forks an idle VM process; it loads the engine and waits for its VmInit. */
 export function forkVmProcess(): ChildProcess {
-  return fork(vmMain, [], { serialization: "advanced", stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  return fork(vmMain, [], { execArgv: [...VM_PROCESS_EXEC_ARGV], serialization: "advanced", stdio: ["ignore", "inherit", "inherit", "ipc"] });
 }
 
 interface PendingReq {
