@@ -6,7 +6,7 @@ import { Option, type Command } from "commander";
 import { HopError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
 import { generateToken } from "../host/auth.js";
-import { serveHost } from "../host/server.js";
+import { parseListen, serveHost } from "../host/server.js";
 
 interface ServeOptions {
   name: string;
@@ -14,6 +14,23 @@ interface ServeOptions {
   datastore: string;
   token?: string;
   tokenFile?: string;
+  migrationListen: string;
+  peer: string[];
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/** --peer NAME=URL, repeated. */
+function parsePeers(values: string[]): Map<string, string> {
+  const peers = new Map<string, string>();
+  for (const v of values) {
+    const m = /^([A-Za-z0-9][A-Za-z0-9._-]*)=(https?:\/\/.+)$/.exec(v.trim());
+    if (m === null) throw new HopError("BAD_PEER", `--peer '${v}' must be NAME=URL, e.g. hostB=http://127.0.0.1:7402`);
+    peers.set(m[1]!, m[2]!);
+  }
+  return peers;
 }
 
 /** The token to serve with: --token, --token-file, or <datastore>/host-token (created when absent). */
@@ -55,6 +72,8 @@ export function register(program: Command): void {
     .option("--listen <addr>", "address to listen on: HOST:PORT or :PORT (all interfaces)", "127.0.0.1:7401")
     .addOption(new Option("--token <token>", "bearer token clients must send (default: <datastore>/host-token, generated if absent)").conflicts("tokenFile"))
     .option("--token-file <file>", "read the token from this file")
+    .option("--migration-listen <addr>", "where to accept live migrations: HOST:PORT (port 0: any free port)", "127.0.0.1:0")
+    .option("--peer <name=url>", "another host agent of the cluster (repeatable); VMs can migrate to it by name", collect, [] as string[])
     .action(async (opts: ServeOptions) => {
       const name = opts.name.trim();
       if (name === "") throw new HopError("BAD_HOST_NAME", "--name must not be empty");
@@ -66,11 +85,19 @@ export function register(program: Command): void {
       const log = createLogger("host", { host: name });
       // Loaded here so that the other commands do not pull in the emulator and image builder.
       const { LocalSupervisor } = await import("../host/supervisor.js");
-      const supervisor = new LocalSupervisor({ hostName: name, datastore, log });
+      const { httpPeerResolver } = await import("../host/client.js");
+      const supervisor = new LocalSupervisor({
+        hostName: name,
+        datastore,
+        log,
+        token,
+        migrationListen: parseListen(opts.migrationListen),
+        peers: httpPeerResolver(token, parsePeers(opts.peer)),
+      });
       await supervisor.init();
       let server;
       try {
-        server = await serveHost({ supervisor, token, listen: opts.listen, log });
+        server = await serveHost({ supervisor, migrations: supervisor, token, listen: opts.listen, log });
       } catch (err) {
         await supervisor.close();
         throw err;

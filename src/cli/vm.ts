@@ -8,6 +8,7 @@ import type { VmInfo } from "../host/types.js";
 import { MAX_MEMORY_MIB, MIN_MEMORY_MIB, type VmCreateRequest } from "../vm/config.js";
 import { connect, intOption, output, withHostOptions, type HostOptions } from "./common.js";
 import { formatMs, keyValues, table } from "./format.js";
+import { register as registerMigrate } from "./migrate.js";
 
 /** Ctrl-] (as in telnet and virsh console) detaches from a console. */
 const DETACH_BYTE = 0x1d;
@@ -101,6 +102,8 @@ export function register(program: Command): void {
       return `created ${info.name} (${extra.join(", ")})`;
     });
   });
+
+  registerMigrate(vm);
 
   withHostOptions(vm.command("list").alias("ls").description("list the VMs")).action(async (opts: HostOptions) => {
     const vms = await (await connect(opts)).list();

@@ -9,7 +9,9 @@ import type { RawData, WebSocket } from "ws";
 import { z } from "zod";
 import { HopError, errorMessage } from "../common/errors.js";
 import { vmCreateSchema, vmNameSchema } from "../vm/config.js";
-import type { ExecResult, HostEvent, Supervisor, VmInfo } from "./types.js";
+import type { ExecResult, HostEvent, MigrationService, Supervisor, VmInfo } from "./types.js";
+import type { IncomingOutcome, IncomingTicket } from "./migration.js";
+import type { MigrationReport } from "../migration/index.js";
 
 /** Largest request body (and WebSocket message) the API accepts. */
 export const BODY_LIMIT = 1024 * 1024;
@@ -169,7 +171,7 @@ interface NameParams {
  * Installs the /v1 routes, the JSON body parser and the JSON error / not-found handlers on
  * `app` (which must already have @fastify/websocket registered).
  */
-export function registerApi(app: FastifyInstance, supervisor: Supervisor): void {
+export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrations?: MigrationService): void {
   const startedAt = Date.now();
 
   // JSON bodies only (other types are 415): an empty body is "no body"; anything unparsable is
@@ -251,6 +253,8 @@ export function registerApi(app: FastifyInstance, supervisor: Supervisor): void 
   });
 
   // Host events as JSON text messages. Anything the client sends is ignored.
+  if (migrations !== undefined) registerMigrationRoutes(app, migrations);
+
   app.get("/v1/events", { websocket: true }, (socket, req) => {
     req.log.debug("events client connected");
     const off = supervisor.onEvent((ev) => sendTo(socket, JSON.stringify(ev), false));
@@ -301,4 +305,27 @@ export function registerApi(app: FastifyInstance, supervisor: Supervisor): void 
       req.log.debug({ vm: name }, "console client detached");
     });
   });
+}
+
+const migrationIdParam = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "must be a migration id");
+
+/** Suspend, migrate (source side) and the host-to-host migration calls (target side). */
+function registerMigrationRoutes(app: FastifyInstance, m: MigrationService): void {
+  app.post<{ Params: NameParams }>("/v1/vms/:name/suspend", async (req): Promise<VmInfo> => {
+    const name = parseVmName(req.params.name);
+    parseInput(emptyBodySchema, req.body ?? {}, "body");
+    return m.suspend(name);
+  });
+  // Validated in full by the service (migrateRequestSchema).
+  app.post<{ Params: NameParams }>("/v1/vms/:name/migrate", async (req): Promise<MigrationReport> => m.migrate(parseVmName(req.params.name), (req.body ?? {}) as never));
+  app.get("/v1/migrations", async () => ({ migrations: m.migrationsInProgress() }));
+  app.post<{ Params: { id: string } }>("/v1/migrations/:id/cancel", async (req) => m.cancelMigration(parseInput(migrationIdParam, req.params.id, "id")));
+  app.post("/v1/migrations/incoming", async (req): Promise<IncomingTicket> => m.prepareIncoming((req.body ?? {}) as never));
+  app.delete<{ Params: { id: string } }>("/v1/migrations/incoming/:id", async (req, reply) => {
+    await m.abortIncoming(parseInput(migrationIdParam, req.params.id, "id"));
+    return reply.code(204).send();
+  });
+  app.post<{ Params: { id: string } }>("/v1/migrations/incoming/:id/fence", async (req): Promise<{ outcome: IncomingOutcome }> => ({
+    outcome: await m.fenceIncoming(parseInput(migrationIdParam, req.params.id, "id")),
+  }));
 }

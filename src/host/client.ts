@@ -13,6 +13,8 @@ import { HopError, errorMessage } from "../common/errors.js";
 import type { VmCreateRequest } from "../vm/config.js";
 import type { ApiErrorBody, DestroyOptions, ExecRequest, HealthResponse, ShutdownRequest, VmListResponse } from "./api.js";
 import type { ExecResult, HostEvent, VmInfo } from "./types.js";
+import type { IncomingOutcome, IncomingRequest, IncomingTicket, MigratePeerResolver, MigrateRequest, MigrationPeer } from "./migration.js";
+import type { MigrationReport } from "../migration/index.js";
 
 /** An error response of the host agent, with the server's code, message and HTTP status. */
 export class ApiError extends HopError {
@@ -133,6 +135,35 @@ export class HostClient {
     return this.call<ExecResult>("POST", `/v1/vms/${enc(name)}/exec`, body);
   }
 
+  suspend(name: string): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", `/v1/vms/${enc(name)}/suspend`);
+  }
+
+  /** Migrates a VM to another host; resolves with the report when it runs (or is defined) there. */
+  migrate(name: string, req: MigrateRequest): Promise<MigrationReport> {
+    return this.call<MigrationReport>("POST", `/v1/vms/${enc(name)}/migrate`, req);
+  }
+
+  migrations(): Promise<{ migrations: { migrationId: string; vm: string }[] }> {
+    return this.call("GET", "/v1/migrations");
+  }
+
+  cancelMigration(migrationId: string): Promise<{ cancelled: boolean }> {
+    return this.call("POST", `/v1/migrations/${enc(migrationId)}/cancel`);
+  }
+
+  prepareIncoming(req: IncomingRequest, timeoutMs = 120_000): Promise<IncomingTicket> {
+    return this.call<IncomingTicket>("POST", "/v1/migrations/incoming", req, timeoutMs);
+  }
+
+  async abortIncoming(migrationId: string): Promise<void> {
+    await this.call<undefined>("DELETE", `/v1/migrations/incoming/${enc(migrationId)}`, undefined, 10_000);
+  }
+
+  async fenceIncoming(migrationId: string): Promise<IncomingOutcome> {
+    return (await this.call<{ outcome: IncomingOutcome }>("POST", `/v1/migrations/incoming/${enc(migrationId)}/fence`, undefined, 15_000)).outcome;
+  }
+
   /**
    * The VM's serial console: binary frames carry output (scrollback first), text frames carry
    * an ApiErrorBody (e.g. a write to a stopped VM); send bytes to type. Close code 4404: no
@@ -180,7 +211,7 @@ export class HostClient {
     return ws;
   }
 
-  private call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private call<T>(method: string, path: string, body?: unknown, timeoutMs?: number): Promise<T> {
     const url = new URL(this.baseUrl + path);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8");
     const headers: http.OutgoingHttpHeaders = { authorization: `Bearer ${this.token}`, accept: "application/json" };
@@ -213,6 +244,9 @@ export class HostClient {
         });
       });
       req.on("error", (err) => reject(unreachable(this.baseUrl, err) ?? new HopError("HOST_REQUEST_FAILED", `${method} ${url.href} failed: ${err.message}`, { cause: err })));
+      if (timeoutMs !== undefined) {
+        req.setTimeout(timeoutMs, () => req.destroy(new HopError("HOST_TIMEOUT", `${method} ${url.href} got no answer within ${timeoutMs} ms`, { status: 504 })));
+      }
       req.end(payload);
     });
   }
@@ -220,4 +254,32 @@ export class HostClient {
 
 function enc(name: string): string {
   return encodeURIComponent(name);
+}
+
+/** The target host agent of a migration, reached over its HTTP API with the cluster token. */
+export class HttpMigrationPeer implements MigrationPeer {
+  private readonly client: HostClient;
+  constructor(readonly url: string, token: string) {
+    this.client = new HostClient(url, token);
+  }
+  prepareIncoming(req: IncomingRequest): Promise<IncomingTicket> {
+    return this.client.prepareIncoming(req);
+  }
+  abortIncoming(migrationId: string): Promise<void> {
+    return this.client.abortIncoming(migrationId);
+  }
+  fenceIncoming(migrationId: string): Promise<IncomingOutcome> {
+    return this.client.fenceIncoming(migrationId);
+  }
+}
+
+/** Resolves `--to`: a URL, or a host name from `peers` (name -> URL). */
+export function httpPeerResolver(token: string, peers: ReadonlyMap<string, string>): MigratePeerResolver {
+  return (to) => {
+    const url = peers.get(to) ?? (/^https?:\/\//.test(to) ? to : undefined);
+    if (url === undefined) {
+      throw new HopError("HOST_UNKNOWN", `unknown host '${to}': give its URL (http://ADDR:PORT) or start the host agent with --peer ${to}=URL`, { status: 400 });
+    }
+    return new HttpMigrationPeer(url, token);
+  };
 }

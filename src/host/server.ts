@@ -6,10 +6,12 @@ import { HopError } from "../common/errors.js";
 import { createLogger, type Logger } from "../common/log.js";
 import { BODY_LIMIT, WS_CLOSE, registerApi } from "./api.js";
 import { authHook, redactUrl } from "./auth.js";
-import type { Supervisor } from "./types.js";
+import type { MigrationService, Supervisor } from "./types.js";
 
 export interface HostServerOptions {
   supervisor: Supervisor;
+  /** Suspend and migration routes (absent: not served). */
+  migrations?: MigrationService;
   /** Bearer token every request must carry. */
   token: string;
   log?: Logger;
@@ -63,7 +65,7 @@ export async function createHostServer(opts: HostServerOptions): Promise<Fastify
   app.addHook("onResponse", async (req, reply) => {
     req.log.debug({ method: req.method, url: redactUrl(req.url), status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, "request");
   });
-  registerApi(app, opts.supervisor);
+  registerApi(app, opts.supervisor, opts.migrations);
   await app.ready();
   return app;
 }

@@ -7,7 +7,12 @@ import { parseInput } from "../common/validation.js";
 import { defaultCacheDir } from "../common/paths.js";
 import { DEFAULT_VGA_KIB } from "../engine/index.js";
 import { ensureImage, kernelCmdline, type GuestImage } from "../image/index.js";
+import { rm } from "node:fs/promises";
 import { createDataDisk, Datastore } from "../storage/index.js";
+import { PAGE_SIZE, type MigrationReport } from "../migration/index.js";
+import type { MigrateOutResult } from "../vm/ipc.js";
+import { adoptedConfig, incomingRequestSchema, migrateRequestSchema, MigrationListener, type IncomingOutcome, type IncomingRequest, type IncomingTicket, type MigratePeerResolver, type MigrateRequest } from "./migration.js";
+import { ApiError } from "./client.js";
 import { randomMac, vmCreateSchema, type VmConfig, type VmCreateRequest } from "../vm/config.js";
 import { nextState, type VmAction, type VmState } from "../vm/lifecycle.js";
 import type { VmStats } from "../vm/ipc.js";
@@ -16,6 +21,19 @@ import { defaultProfile, imagePaths, TemplateStore } from "./templates.js";
 import type { ConsoleStream, ExecResult, HostEvent, Supervisor, VmInfo } from "./types.js";
 import { forkVmProcess, VmProcessHandle } from "./vmproc.js";
 import type { ChildProcess } from "node:child_process";
+import type { z } from "zod";
+
+function ms(t0: number): number {
+  return round2(performance.now() - t0);
+}
+
+function round2(v: number): number {
+  return Math.round(v * 100) / 100;
+}
+
+function zeroDowntime(): MigrationReport["downtime"] {
+  return { stopMs: 0, finalCopyMs: 0, stateSaveMs: 0, transferMs: 0, restoreMs: 0, resumeMs: 0 };
+}
 
 export class VmNotFoundError extends HopError {
   constructor(name: string) {
@@ -31,9 +49,18 @@ interface VmRecord {
   lastError?: string;
   startMs?: number;
   startPhases?: Record<string, number>;
-  startedFrom?: "template" | "cold";
+  startedFrom?: "template" | "cold" | "suspended";
   /** Set while the host itself is stopping the process, so its exit is not a crash. */
   expectingExit: boolean;
+  /** Set once the VM has left this host: its old process' exit means nothing any more. */
+  gone?: boolean;
+}
+
+/** What this host knows of a migration into it (kept after the end, to answer a source that lost the outcome). */
+interface IncomingEntry {
+  name: string;
+  outcome: IncomingOutcome;
+  proc?: VmProcessHandle;
 }
 
 export interface LocalSupervisorOptions {
@@ -41,6 +68,12 @@ export interface LocalSupervisorOptions {
   datastore: string;
   cacheDir?: string;
   log?: Logger;
+  /** The cluster token: authenticates migrations between host agents (both ways). */
+  token?: string;
+  /** Where to accept migration connections (needs `token`); port 0 picks a free port. */
+  migrationListen?: { host: string; port: number };
+  /** Resolves `--to` (a host name or URL) to the target host agent. */
+  peers?: MigratePeerResolver;
 }
 
 /**
@@ -60,6 +93,13 @@ export class LocalSupervisor implements Supervisor {
   /** One VM process forked ahead of need, so a start does not wait for Node to boot. */
   private spare: ChildProcess | undefined;
   private closing = false;
+  private readonly token: string | undefined;
+  private readonly peers: MigratePeerResolver | undefined;
+  private readonly migrationListen: { host: string; port: number } | undefined;
+  private migrationListener: MigrationListener | undefined;
+  private migrationAddr: { host: string; port: number } | undefined;
+  private readonly incoming = new Map<string, IncomingEntry>();
+  private readonly outgoing = new Map<string, { name: string; proc: VmProcessHandle }>();
 
   constructor(opts: LocalSupervisorOptions) {
     this.hostName = opts.hostName;
@@ -68,6 +108,9 @@ export class LocalSupervisor implements Supervisor {
     this.log = opts.log ?? createLogger("host", { host: opts.hostName });
     this.templates = new TemplateStore(this.cacheDir, this.log);
     this.events.setMaxListeners(0);
+    this.token = opts.token;
+    this.peers = opts.peers;
+    this.migrationListen = opts.migrationListen;
   }
 
   /** A pre-forked VM process for the next start (and fork the one after it). */
@@ -92,7 +135,16 @@ export class LocalSupervisor implements Supervisor {
   async init(): Promise<void> {
     await this.datastore.init();
     for (const config of await this.datastore.listVmConfigs<VmConfig>()) {
-      this.vms.set(config.name, { config, state: "stopped", proc: undefined, console: new ConsoleBuffer(), expectingExit: false });
+      // A shared datastore holds the VMs of several hosts: load only ours.
+      if (config.host !== undefined && config.host !== this.hostName) continue;
+      const suspended = await this.datastore.exists(this.suspendPath(config.name));
+      this.vms.set(config.name, { config, state: suspended ? "suspended" : "stopped", proc: undefined, console: new ConsoleBuffer(), expectingExit: false });
+    }
+    if (this.migrationListen !== undefined) {
+      if (this.token === undefined) throw new HopError("MIGRATION_NO_TOKEN", "a migration listener needs the cluster token", { status: 500 });
+      this.migrationListener = new MigrationListener((id, socket, head) => this.routeMigrationSocket(id, socket, head), this.log);
+      this.migrationAddr = await this.migrationListener.listen(this.migrationListen.host, this.migrationListen.port);
+      this.log.info({ address: this.migrationAddr }, "accepting migrations");
     }
     this.log.info({ vms: this.vms.size, datastore: this.datastore.root }, "host agent supervisor ready");
   }
@@ -131,6 +183,8 @@ export class LocalSupervisor implements Supervisor {
       mac: r.mac ?? randomMac(randomBytes),
       boot: r.boot,
       createdAt: new Date().toISOString(),
+      host: this.hostName,
+      generation: 1,
       ...(r.ip !== undefined ? { ip: r.ip } : {}),
       ...(r.gw !== undefined ? { gw: r.gw } : {}),
     };
@@ -171,7 +225,10 @@ export class LocalSupervisor implements Supervisor {
         ...(disk !== undefined ? { disk } : {}),
       };
       let proc: VmProcessHandle;
-      if (config.boot === "template") {
+      const suspendedState = await this.datastore.exists(this.suspendPath(name)) ? this.datastore.resolvePath(this.suspendPath(name)) : undefined;
+      if (suspendedState !== undefined) {
+        proc = new VmProcessHandle({ ...base, start: { mode: "resume", statePath: suspendedState } }, this.takeSpare());
+      } else if (config.boot === "template") {
         const statePath = await this.templates.ensure(image, defaultProfile(config.memoryMiB, config.disk?.sizeMiB));
         proc = new VmProcessHandle({
           ...base,
@@ -206,7 +263,9 @@ export class LocalSupervisor implements Supervisor {
       });
       rec.startMs = Math.round(performance.now() - t0);
       rec.startPhases = ready.phases;
-      rec.startedFrom = config.boot;
+      rec.startedFrom = suspendedState !== undefined ? "suspended" : config.boot;
+      // Resumed from its suspended state: that state is used up (resuming it twice would fork the guest's history).
+      if (suspendedState !== undefined) await rm(suspendedState, { force: true });
       delete rec.lastError;
       this.transition(rec, "started");
       this.log.info({ vm: name, startMs: rec.startMs, phases: ready.phases, from: config.boot }, "VM running");
@@ -280,7 +339,7 @@ export class LocalSupervisor implements Supervisor {
 
   async exec(name: string, command: string, opts: { timeoutMs?: number } = {}): Promise<ExecResult> {
     const rec = this.record(name);
-    if (rec.state !== "running") {
+    if (rec.state !== "running" && rec.state !== "migrating") {
       throw new HopError("VM_NOT_RUNNING", `cannot exec in VM '${name}' while it is ${rec.state}`, { status: 409 });
     }
     const timeoutMs = opts.timeoutMs ?? 60_000;
@@ -320,6 +379,7 @@ export class LocalSupervisor implements Supervisor {
     this.closing = true;
     this.spare?.kill();
     this.spare = undefined;
+    await this.migrationListener?.close();
     const running = [...this.vms.values()].filter((r) => r.proc !== undefined && !r.proc.exited);
     await Promise.all(
       running.map(async (r) => {
@@ -332,6 +392,424 @@ export class LocalSupervisor implements Supervisor {
         }
       }),
     );
+  }
+
+
+  // --- suspend ---
+
+  private suspendPath(name: string): string {
+    return join("vms", name, "suspended.hopstate");
+  }
+
+  /** Saves the VM's whole state to the datastore and stops it; the next start resumes it from there. */
+  async suspend(name: string): Promise<VmInfo> {
+    const rec = this.record(name);
+    const proc = this.requireProc(rec);
+    const wasRunning = rec.state === "running";
+    this.transition(rec, "suspend");
+    try {
+      if (wasRunning) await proc.request({ op: "pause" });
+      await proc.request({ op: "saveState", path: this.datastore.resolvePath(this.suspendPath(name)), header: await this.stateHeader(rec, "suspend") }, 120_000);
+    } catch (err) {
+      // Nothing was lost: the VM carries on as it was.
+      if (wasRunning) await proc.request({ op: "resume" }).catch(() => undefined);
+      this.setState(rec, wasRunning ? "running" : "paused", `suspend failed: ${(err as Error).message}`);
+      throw new HopError("VM_SUSPEND_FAILED", `suspending VM '${name}' failed: ${(err as Error).message}`, { status: 500, cause: err });
+    }
+    rec.expectingExit = true;
+    rec.gone = true;
+    await this.hardStop(proc);
+    rec.gone = false;
+    rec.proc = undefined;
+    this.transition(rec, "suspended");
+    return this.info(rec);
+  }
+
+  private async stateHeader(rec: VmRecord, kind: "suspend" | "quick-migration"): Promise<{ kind: "suspend" | "quick-migration"; memoryMiB: number; vgaMemoryKiB: number; nic: string; disk: boolean; imageHash: string; vm: string }> {
+    const image = await this.getImage();
+    return { kind, memoryMiB: rec.config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", disk: rec.config.disk !== undefined, imageHash: image.hash, vm: rec.config.name };
+  }
+
+  // --- migration: target side ---
+
+  /** Where this host accepts migration connections (undefined when it accepts none). */
+  get migrationAddress(): { host: string; port: number } | undefined {
+    return this.migrationAddr;
+  }
+
+  private routeMigrationSocket(migrationId: string, socket: import("node:net").Socket, head: Buffer): boolean {
+    const entry = this.incoming.get(migrationId);
+    const proc = entry?.proc;
+    if (entry === undefined || entry.outcome !== "pending" || proc === undefined || proc.exited) return false;
+    proc.child.send({ t: "socket", migrationId, head }, socket);
+    return true;
+  }
+
+  private async baseInit(config: VmConfig): Promise<Omit<import("../vm/ipc.js").VmInit, "start">> {
+    const image = await this.getImage();
+    const disk = config.disk !== undefined ? this.datastore.resolvePath(config.disk.path) : undefined;
+    return { t: "init", name: config.name, memoryMiB: config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", image: imagePaths(image), ...(disk !== undefined ? { disk } : {}) };
+  }
+
+  /** A source host asks this host to take a VM: validate, reserve the name, get ready to receive. */
+  async prepareIncoming(body: IncomingRequest): Promise<IncomingTicket> {
+    const r = parseInput(incomingRequestSchema, body, "body");
+    if (this.token === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} accepts no migrations (it has no cluster token)`, { status: 409 });
+    if (this.closing) throw new HopError("HOST_CLOSING", `host ${this.hostName} is shutting down`, { status: 503 });
+    const needsShared = r.mode !== "live" || r.config.disk !== undefined;
+    if (needsShared && r.datastoreId !== this.datastore.id) {
+      throw new HopError("DATASTORE_NOT_SHARED", `VM '${r.config.name}' keeps ${r.mode === "quick" ? "its saved state" : "its files"} on datastore ${r.datastoreId}, which host ${this.hostName} does not share (its datastore is ${this.datastore.id})`, { status: 409 });
+    }
+    if (this.vms.has(r.config.name)) throw new HopError("VM_EXISTS", `a VM named '${r.config.name}' already exists on host ${this.hostName}`, { status: 409 });
+    if (this.incoming.has(r.migrationId)) throw new HopError("MIGRATION_EXISTS", `migration ${r.migrationId} is already known here`, { status: 409 });
+    const config = adoptedConfig(r.config as VmConfig, this.hostName);
+    const entry: IncomingEntry = { name: config.name, outcome: "pending" };
+    this.incoming.set(r.migrationId, entry);
+    if (r.mode === "cold") {
+      const rec: VmRecord = { config, state: "stopped", proc: undefined, console: new ConsoleBuffer(), expectingExit: false };
+      this.vms.set(config.name, rec);
+      await this.datastore.saveVmConfig(config.name, config);
+      entry.outcome = "resumed";
+      this.emit({ type: "vm.created", vm: config.name, at: new Date().toISOString() });
+      return { host: this.hostName };
+    }
+    const rec: VmRecord = { config, state: "incoming", proc: undefined, console: new ConsoleBuffer(), expectingExit: false };
+    this.vms.set(config.name, rec);
+    this.emit({ type: "vm.state", vm: config.name, state: "incoming", at: new Date().toISOString() });
+    const dropRecord = (): void => {
+      if (this.vms.get(config.name) === rec && rec.state === "incoming") this.vms.delete(config.name);
+    };
+    try {
+      const base = await this.baseInit(config);
+      if (r.mode === "quick") {
+        if (r.statePath === undefined) throw new HopError("BAD_REQUEST", "a quick migration needs statePath", { status: 400 });
+        const proc = new VmProcessHandle({ ...base, start: { mode: "resume", statePath: this.datastore.resolvePath(r.statePath) } }, this.takeSpare());
+        entry.proc = proc;
+        this.attach(rec, proc);
+        const ready = await this.waitReady(proc, config.name);
+        // Fenced while it started? Then it must not run.
+        if (entry.outcome !== "pending") {
+          rec.expectingExit = true;
+          await this.hardStop(proc);
+          throw new HopError("MIGRATION_FENCED", `migration ${r.migrationId} was fenced while the VM started`, { status: 409 });
+        }
+        entry.outcome = "resumed";
+        await this.datastore.saveVmConfig(config.name, config);
+        rec.startMs = ready.startMs;
+        rec.startPhases = ready.phases;
+        this.transition(rec, "started");
+        this.emit({ type: "vm.created", vm: config.name, at: new Date().toISOString() });
+        return { host: this.hostName, restoreMs: (ready.phases["restore"] ?? 0) + (ready.phases["engine+read"] ?? 0) };
+      }
+      if (this.migrationAddr === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} has no migration listener`, { status: 409 });
+      const proc = new VmProcessHandle(
+        {
+          ...base,
+          start: {
+            mode: "incoming",
+            migrationId: r.migrationId,
+            token: this.token,
+            verifyRam: r.verifyRam === true,
+            expect: { migrationId: r.migrationId, vmUuid: config.uuid, name: config.name, memoryMiB: config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", disk: config.disk !== undefined },
+          },
+        },
+        this.takeSpare(),
+      );
+      entry.proc = proc;
+      this.attach(rec, proc);
+      proc.on("migratedIn", () => {
+        entry.outcome = "resumed";
+        this.transition(rec, "started");
+        this.datastore.saveVmConfig(config.name, config).catch((err: unknown) => this.log.error({ vm: config.name, err }, "saving the migrated VM's config failed"));
+        this.emit({ type: "vm.created", vm: config.name, at: new Date().toISOString() });
+        this.log.info({ vm: config.name, migrationId: r.migrationId }, "VM migrated in and running");
+      });
+      proc.on("exit", () => {
+        if (entry.outcome === "pending") entry.outcome = "aborted";
+        dropRecord();
+      });
+      return { host: this.hostName, address: this.migrationAddr };
+    } catch (err) {
+      entry.outcome = "aborted";
+      if (rec.proc !== undefined && !rec.proc.exited) {
+        rec.expectingExit = true;
+        await this.hardStop(rec.proc);
+      }
+      dropRecord();
+      throw err;
+    }
+  }
+
+  /** Drops a prepared incoming migration whose VM does not run yet (idempotent). */
+  async abortIncoming(migrationId: string): Promise<void> {
+    const entry = this.incoming.get(migrationId);
+    if (entry === undefined || entry.outcome !== "pending") return;
+    entry.outcome = "aborted";
+    const proc = entry.proc;
+    if (proc !== undefined && !proc.exited) {
+      proc.kill();
+      await proc.waitExit(5_000);
+    }
+  }
+
+  /** The source lost the outcome: "resumed" if the VM runs here; otherwise it is fenced for good ("aborted"). */
+  async fenceIncoming(migrationId: string): Promise<IncomingOutcome> {
+    const entry = this.incoming.get(migrationId);
+    if (entry === undefined) return "aborted";
+    if (entry.outcome !== "pending") return entry.outcome;
+    const proc = entry.proc;
+    if (proc !== undefined && !proc.exited) {
+      try {
+        const r = await proc.request<{ outcome: IncomingOutcome }>({ op: "fence", migrationId }, 5_000);
+        if (r.outcome === "resumed" || r.outcome === "resuming") return r.outcome;
+      } catch (err) {
+        this.log.warn({ migrationId, err: (err as Error).message }, "fence request failed; killing the incoming VM");
+      }
+      entry.outcome = "aborted";
+      proc.kill();
+      await proc.waitExit(5_000);
+      return "aborted";
+    }
+    entry.outcome = "aborted";
+    return "aborted";
+  }
+
+  // --- migration: source side ---
+
+  /** Moves a VM to another host (live, quick or cold). Resolves with the report once the VM runs (or is defined) there. */
+  async migrate(name: string, body: MigrateRequest): Promise<MigrationReport> {
+    const r = parseInput(migrateRequestSchema, body, "body");
+    const rec = this.record(name);
+    if (this.peers === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} knows no other hosts`, { status: 409 });
+    const peer = this.peers(r.to);
+    const migrationId = randomUUID();
+    const t0 = performance.now();
+    const base = { migrationId, vm: name, from: this.hostName, ok: true as const };
+    const emitFailed = (err: unknown): void => {
+      const e = err as HopError;
+      this.emit({ type: "migration.failed", vm: name, at: new Date().toISOString(), migrationId, code: e.code ?? "MIGRATION_FAILED", message: e.message });
+    };
+
+    if (r.mode === "cold") {
+      if (rec.state !== "stopped" && rec.state !== "defined" && rec.state !== "crashed") {
+        throw new HopError("VM_NOT_STOPPED", `cold migration needs VM '${name}' powered off; it is ${rec.state} (use --mode live or quick)`, { status: 409 });
+      }
+      try {
+        const ticket = await peer.prepareIncoming({ migrationId, mode: "cold", source: this.hostName, config: rec.config, datastoreId: this.datastore.id });
+        const report: MigrationReport = { ...base, mode: "cold", to: ticket.host, totalMs: ms(t0), downtimeMs: 0, downtime: zeroDowntime(), bytes: 0, pages: 0, rounds: [], throttleMax: 0, stunnedMs: 0 };
+        this.leave(rec, ticket.host, migrationId);
+        this.emit({ type: "migration.done", vm: name, at: new Date().toISOString(), report });
+        return report;
+      } catch (err) {
+        emitFailed(err);
+        throw err;
+      }
+    }
+
+    const proc = this.requireProc(rec);
+    if (r.mode === "live" && rec.state !== "running") throw new HopError("VM_NOT_RUNNING", `live migration needs VM '${name}' running; it is ${rec.state}`, { status: 409 });
+    const wasRunning = rec.state === "running";
+    this.transition(rec, "migrate");
+    this.outgoing.set(migrationId, { name, proc });
+    const onProgress = (m: { progress: import("../migration/index.js").MigrationProgress }): void => {
+      this.emit({ type: "migration.progress", vm: name, at: new Date().toISOString(), progress: m.progress });
+    };
+    proc.on("migration", onProgress);
+    try {
+      const report = r.mode === "live" ? await this.migrateLive(rec, proc, peer, migrationId, r) : await this.migrateQuick(rec, proc, peer, migrationId, wasRunning);
+      this.emit({ type: "migration.done", vm: name, at: new Date().toISOString(), report });
+      this.log.info({ vm: name, to: report.to, mode: report.mode, totalMs: report.totalMs, downtimeMs: report.downtimeMs }, "VM migrated");
+      return report;
+    } catch (err) {
+      emitFailed(err);
+      throw err;
+    } finally {
+      proc.off("migration", onProgress);
+      this.outgoing.delete(migrationId);
+    }
+  }
+
+  private async migrateLive(rec: VmRecord, proc: VmProcessHandle, peer: import("./migration.js").MigrationPeer, migrationId: string, r: z.output<typeof migrateRequestSchema>): Promise<MigrationReport> {
+    const name = rec.config.name;
+    let ticket: IncomingTicket;
+    try {
+      ticket = await peer.prepareIncoming({ migrationId, mode: "live", source: this.hostName, config: rec.config, datastoreId: this.datastore.id, ...(r.verifyRam === true ? { verifyRam: true } : {}) });
+      if (ticket.address === undefined) throw new HopError("MIGRATION_PREPARE_FAILED", `host ${ticket.host} gave no migration address`, { status: 502 });
+    } catch (err) {
+      this.transition(rec, "migrateFailed");
+      throw new HopError((err as HopError).code ?? "MIGRATION_PREPARE_FAILED", `preparing the target for VM '${name}' failed: ${(err as Error).message}`, { status: (err as HopError).status ?? 502, cause: err });
+    }
+    const res = await proc.request<MigrateOutResult>(
+      {
+        op: "migrateOut",
+        migrationId,
+        from: this.hostName,
+        to: ticket.host,
+        address: ticket.address,
+        token: this.token ?? "",
+        config: { name, uuid: rec.config.uuid, memoryMiB: rec.config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", disk: rec.config.disk !== undefined, generation: (rec.config.generation ?? 0) + 1, pageSize: PAGE_SIZE },
+        options: {
+          ...(r.downtimeTargetMs !== undefined ? { downtimeTargetMs: r.downtimeTargetMs } : {}),
+          ...(r.bandwidth !== undefined ? { bandwidthBytesPerSec: r.bandwidth } : {}),
+          ...(r.lz4 !== undefined ? { lz4: r.lz4 } : {}),
+          ...(r.verifyRam !== undefined ? { verifyRam: r.verifyRam } : {}),
+          ...(r.maxRounds !== undefined ? { maxRounds: r.maxRounds } : {}),
+        },
+      },
+      24 * 3600_000,
+    );
+    if (res.ok) {
+      await this.release(rec, proc, ticket.host, migrationId);
+      return res.report;
+    }
+    if (res.sourceMayResume) {
+      this.transition(rec, "migrateFailed");
+      peer.abortIncoming(migrationId).catch(() => undefined);
+      throw new HopError(res.error.code, `live migration of VM '${name}' failed; it runs on here as before: ${res.error.message}`, { status: 409 });
+    }
+    const outcome = await this.resolveOutcome(peer, migrationId);
+    if (outcome === "resumed") {
+      await this.release(rec, proc, ticket.host, migrationId);
+      throw new HopError("MIGRATION_REPORT_LOST", `VM '${name}' runs on ${ticket.host} now, but the switchover report was lost: ${res.error.message}`, { status: 502 });
+    }
+    if (outcome === "aborted") {
+      await proc.request({ op: "resume" });
+      this.transition(rec, "migrateFailed");
+      throw new HopError(res.error.code, `live migration of VM '${name}' failed at the switchover; the target never ran it and it runs on here: ${res.error.message}`, { status: 409 });
+    }
+    rec.lastError = `migration ${migrationId}: outcome unknown (target unreachable); the VM stays paused until the target answers`;
+    this.retryOutcome(rec, proc, peer, migrationId, ticket.host);
+    throw new HopError("MIGRATION_OUTCOME_UNKNOWN", rec.lastError, { status: 504 });
+  }
+
+  private async migrateQuick(rec: VmRecord, proc: VmProcessHandle, peer: import("./migration.js").MigrationPeer, migrationId: string, wasRunning: boolean): Promise<MigrationReport> {
+    const name = rec.config.name;
+    const t0 = performance.now();
+    const rel = join("states", `${name}-${migrationId}.hopstate`);
+    const abs = this.datastore.resolvePath(rel);
+    const resumeHere = async (err: unknown): Promise<never> => {
+      if (wasRunning) await proc.request({ op: "resume" }).catch(() => undefined);
+      this.transition(rec, "migrateFailed");
+      if (!wasRunning) this.setState(rec, "paused");
+      await rm(abs, { force: true });
+      throw new HopError((err as HopError).code ?? "MIGRATION_FAILED", `quick migration of VM '${name}' failed; it carries on here: ${(err as Error).message}`, { status: (err as HopError).status ?? 500, cause: err });
+    };
+    const pausedAt = performance.now();
+    try {
+      if (wasRunning) await proc.request({ op: "pause" });
+    } catch (err) {
+      return resumeHere(err);
+    }
+    const stopped = performance.now();
+    let stateBytes: number;
+    try {
+      const saved = await proc.request<{ bytes: number }>({ op: "saveState", path: abs, header: await this.stateHeader(rec, "quick-migration") }, 120_000);
+      stateBytes = saved.bytes;
+    } catch (err) {
+      return resumeHere(err);
+    }
+    const savedAt = performance.now();
+    let ticket: IncomingTicket;
+    try {
+      ticket = await peer.prepareIncoming({ migrationId, mode: "quick", source: this.hostName, config: rec.config, datastoreId: this.datastore.id, statePath: rel });
+    } catch (err) {
+      if (err instanceof ApiError) {
+        // The target answered: its VM does not run.
+        return resumeHere(err);
+      }
+      const outcome = await this.resolveOutcome(peer, migrationId);
+      if (outcome === "aborted") return resumeHere(err);
+      if (outcome !== "resumed") {
+        rec.lastError = `quick migration ${migrationId}: outcome unknown; the VM stays paused until the target answers`;
+        this.retryOutcome(rec, proc, peer, migrationId, "?");
+        throw new HopError("MIGRATION_OUTCOME_UNKNOWN", rec.lastError, { status: 504, cause: err });
+      }
+      ticket = { host: "target" };
+    }
+    const running = performance.now();
+    await this.release(rec, proc, ticket.host, migrationId);
+    await rm(abs, { force: true });
+    const restoreMs = ticket.restoreMs ?? 0;
+    return {
+      migrationId,
+      vm: name,
+      mode: "quick",
+      from: this.hostName,
+      to: ticket.host,
+      ok: true,
+      totalMs: ms(t0),
+      downtimeMs: round2(running - pausedAt),
+      downtime: { stopMs: round2(stopped - pausedAt), finalCopyMs: 0, stateSaveMs: round2(savedAt - stopped), transferMs: round2(Math.max(0, running - savedAt - restoreMs)), restoreMs: round2(restoreMs), resumeMs: 0 },
+      bytes: stateBytes,
+      pages: 0,
+      rounds: [],
+      throttleMax: 0,
+      stunnedMs: 0,
+    };
+  }
+
+  /** Asks the target a few times what became of a migration whose end we did not see. */
+  private async resolveOutcome(peer: import("./migration.js").MigrationPeer, migrationId: string, attempts = 5): Promise<IncomingOutcome | "unknown"> {
+    for (let i = 0; i < attempts; i++) {
+      try {
+        const o = await peer.fenceIncoming(migrationId);
+        if (o === "resumed" || o === "aborted") return o;
+      } catch (err) {
+        this.log.warn({ migrationId, err: (err as Error).message }, "asking the target for the migration's outcome failed");
+      }
+      await new Promise((res) => setTimeout(res, 500 * (i + 1)));
+    }
+    return "unknown";
+  }
+
+  /** Keeps asking in the background; the VM stays paused (never resumed blindly) until the target answers. */
+  private retryOutcome(rec: VmRecord, proc: VmProcessHandle, peer: import("./migration.js").MigrationPeer, migrationId: string, to: string): void {
+    const tick = async (): Promise<void> => {
+      if (this.closing || proc.exited || rec.gone === true) return;
+      const o = await this.resolveOutcome(peer, migrationId, 1);
+      if (o === "resumed") await this.release(rec, proc, to, migrationId);
+      else if (o === "aborted") {
+        await proc.request({ op: "resume" });
+        this.transition(rec, "migrateFailed");
+        delete rec.lastError;
+      } else setTimeout(() => void tick().catch((err: unknown) => this.log.error({ err }, "outcome retry failed")), 5_000).unref();
+    };
+    setTimeout(() => void tick().catch((err: unknown) => this.log.error({ err }, "outcome retry failed")), 5_000).unref();
+  }
+
+  /** The VM runs on `to` now: stop this copy for good and forget it here (its files stay on the shared datastore). */
+  private async release(rec: VmRecord, proc: VmProcessHandle, to: string, migrationId: string): Promise<void> {
+    rec.gone = true;
+    rec.expectingExit = true;
+    await this.hardStop(proc);
+    this.leave(rec, to, migrationId);
+  }
+
+  private leave(rec: VmRecord, to: string, migrationId: string): void {
+    rec.gone = true;
+    if (this.vms.get(rec.config.name) === rec) this.vms.delete(rec.config.name);
+    this.emit({ type: "vm.migrated", vm: rec.config.name, at: new Date().toISOString(), to, migrationId });
+  }
+
+  /** Cancels a live migration out of this host (before its switchover). */
+  async cancelMigration(migrationId: string): Promise<{ cancelled: boolean }> {
+    const out = this.outgoing.get(migrationId);
+    if (out === undefined) throw new HopError("MIGRATION_NOT_FOUND", `no migration ${migrationId} is running out of host ${this.hostName}`, { status: 404 });
+    return out.proc.request<{ cancelled: boolean }>({ op: "migrateCancel", migrationId, reason: "cancelled by the user" });
+  }
+
+  /** Migrations out of this host now (id and VM). */
+  migrationsInProgress(): { migrationId: string; vm: string }[] {
+    return [...this.outgoing].map(([migrationId, o]) => ({ migrationId, vm: o.name }));
+  }
+
+  private async waitReady(proc: VmProcessHandle, name: string): Promise<{ startMs: number; phases: Record<string, number> }> {
+    return new Promise((resolve, reject) => {
+      proc.once("ready", (m: { startMs: number; phases: Record<string, number> }) => resolve(m));
+      proc.once("exit", () =>
+        reject(new HopError(proc.fatalError?.code ?? "VM_START_FAILED", `VM '${name}' failed to start: ${proc.fatalError?.message ?? proc.stopReason ?? "its process exited"}`, { status: 500 })),
+      );
+    });
   }
 
   // --- internals ---
@@ -363,10 +841,10 @@ export class LocalSupervisor implements Supervisor {
     proc.on("console", (chunk: Buffer) => rec.console.push(chunk));
     proc.on("fatal", (e: { message: string }) => (rec.lastError = e.message));
     proc.on("exit", (code: number | null, signal: NodeJS.Signals | null) => {
-      if (rec.proc !== proc) return;
+      if (rec.proc !== proc || rec.gone === true) return;
       rec.proc = undefined;
       const clean = proc.stopReason !== undefined && proc.fatalError === undefined && code === 0;
-      if (rec.state === "starting") return; // start() reports the failure
+      if (rec.state === "starting" || rec.state === "incoming") return; // start() / the migration reports the failure
       if (rec.expectingExit || clean) {
         this.setState(rec, "stopped", proc.stopReason ?? "stopped by the host");
         return;

@@ -1,5 +1,7 @@
 import type { VmConfig, VmCreateRequest } from "../vm/config.js";
 import type { VmState } from "../vm/lifecycle.js";
+import type { MigrationProgress, MigrationReport } from "../migration/index.js";
+import type { IncomingOutcome, IncomingRequest, IncomingTicket, MigrateRequest } from "./migration.js";
 
 /** What the host agent reports about one VM. */
 export interface VmInfo {
@@ -14,7 +16,7 @@ export interface VmInfo {
   /** Milliseconds from start request to guest ready, for the last start. */
   startMs?: number;
   /** How the last start happened. */
-  startedFrom?: "template" | "cold";
+  startedFrom?: "template" | "cold" | "suspended";
 }
 
 export interface ExecResult {
@@ -28,7 +30,12 @@ export type HostEvent =
   | { type: "vm.state"; vm: string; state: VmState; at: string; reason?: string }
   | { type: "vm.created"; vm: string; at: string }
   | { type: "vm.destroyed"; vm: string; at: string }
-  | { type: "vm.crashed"; vm: string; at: string; reason: string };
+  | { type: "vm.crashed"; vm: string; at: string; reason: string }
+  /** The VM left this host (live, quick or cold migration done): it runs, or is defined, on `to` now. */
+  | { type: "vm.migrated"; vm: string; at: string; to: string; migrationId: string }
+  | { type: "migration.progress"; vm: string; at: string; progress: MigrationProgress }
+  | { type: "migration.done"; vm: string; at: string; report: MigrationReport }
+  | { type: "migration.failed"; vm: string; at: string; migrationId: string; code: string; message: string };
 
 /** Console output of one VM: live bytes plus a bounded scrollback. */
 export interface ConsoleStream {
@@ -62,4 +69,15 @@ export interface Supervisor {
   onEvent(fn: (ev: HostEvent) => void): () => void;
   /** Stop every VM (gracefully, then hard) and release resources. */
   close(): Promise<void>;
+}
+
+/** Migration and suspend operations of a host agent (implemented by LocalSupervisor). */
+export interface MigrationService {
+  suspend(name: string): Promise<VmInfo>;
+  migrate(name: string, body: MigrateRequest): Promise<MigrationReport>;
+  cancelMigration(migrationId: string): Promise<{ cancelled: boolean }>;
+  migrationsInProgress(): { migrationId: string; vm: string }[];
+  prepareIncoming(body: IncomingRequest): Promise<IncomingTicket>;
+  abortIncoming(migrationId: string): Promise<void>;
+  fenceIncoming(migrationId: string): Promise<IncomingOutcome>;
 }

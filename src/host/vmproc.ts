@@ -112,6 +112,15 @@ export class VmProcessHandle extends EventEmitter {
       case "state":
         this.emit("guestState", msg.state);
         return;
+      case "migration":
+        this.emit("migration", msg);
+        return;
+      case "migratedIn":
+        this.emit("migratedIn", msg);
+        return;
+      case "migrationAborted":
+        this.emit("migrationAborted", msg);
+        return;
     }
   }
 }

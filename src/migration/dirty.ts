@@ -109,7 +109,8 @@ export class DirtyTracker {
         const off = p * ps;
         const cur = mem.subarray(off, off + ps);
         onDirty?.(p, cur, this.known[p] === 1 ? shadow.subarray(off, off + ps) : undefined);
-        shadow.set(cur, off);
+        // Copy only what differs: most of a fresh shadow is never written (and never faulted in).
+        if (mem.compare(shadow, off, off + ps, off, off + ps) !== 0) shadow.set(cur, off);
         this.known[p] = 1;
         dirty.push(p);
       }
@@ -137,6 +138,40 @@ export class DirtyTracker {
       p = blockEnd;
     }
     return dirty;
+  }
+
+  /** How many pages in [fromPage, toPage) differ from the shadow, without reporting them or touching the shadow. */
+  countSlice(ram: Uint8Array, fromPage: number, toPage: number): number {
+    this.check(ram, fromPage, toPage);
+    const mem = asBuffer(ram);
+    const shadow = this.shadow;
+    const ps = this.pageSize;
+    const ppb = this.pagesPerBlock;
+    let n = 0;
+    let p = fromPage;
+    while (p < toPage) {
+      const blockEnd = Math.min(toPage, (Math.floor(p / ppb) + 1) * ppb);
+      if (mem.compare(shadow, p * ps, blockEnd * ps, p * ps, blockEnd * ps) !== 0) {
+        for (let q = p; q < blockEnd; q++) {
+          const off = q * ps;
+          if (mem.compare(shadow, off, off + ps, off, off + ps) !== 0) n++;
+        }
+      }
+      p = blockEnd;
+    }
+    return n;
+  }
+
+  /** countSlice over all of RAM, in slices with `yieldFn` between them (the guest keeps running). */
+  async countAll(getRam: () => Uint8Array, options: { sliceBytes?: number; yieldFn?: () => Promise<void> } = {}): Promise<number> {
+    const slicePages = Math.max(1, Math.floor((options.sliceBytes ?? 4 * 1024 * 1024) / this.pageSize));
+    const yieldFn = options.yieldFn ?? yieldToEventLoop;
+    let n = 0;
+    for (let p = 0; p < this.pageCount; p += slicePages) {
+      if (p > 0) await yieldFn();
+      n += this.countSlice(getRam(), p, Math.min(this.pageCount, p + slicePages));
+    }
+    return n;
   }
 
   /**

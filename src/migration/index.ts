@@ -12,6 +12,7 @@ export {
   pageEncodingName,
   crc32,
   encodeFrame,
+  frameHeader,
   FrameDecoder,
   encodeMessage,
   decodeMessage,
@@ -40,3 +41,9 @@ export { decideNextStep, nextThrottleStep, THROTTLE_STEPS, MAX_THROTTLE, POLICY_
 export { DirtyTracker, isZeroPage, yieldToEventLoop, BLOCK_BYTES, type DirtyCallback, type ScanOptions } from "./dirty.js";
 export { PageBatchWriter, encodePage, encodePageInto, applyPage, applyPages, deltaEncodeInto, deltaApply, type PageEncodeOptions, type BatchStats } from "./pages.js";
 export { lz4CompressBlock, lz4DecompressBlock, lz4CompressBound, Lz4FormatError } from "./lz4.js";
+export { FrameConnection } from "./transport.js";
+export { LiveMigrationSource, LIVE_DEFAULTS, type SourceHooks, type SourceOutcome, type SourceParams } from "./source.js";
+export { LiveMigrationTarget, type TargetHooks, type TargetParams, type TargetSwitchoverInfo } from "./target.js";
+export { Stunner } from "./stun.js";
+export type { Migratable, Pausable, Snapshottable } from "./vm.js";
+export type { DowntimeBreakdown, LiveMigrationOptions, MigrationMode, MigrationProgress, MigrationReport, RoundReport } from "./report.js";

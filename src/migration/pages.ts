@@ -165,7 +165,8 @@ export function applyPage(ram: Uint8Array, page: { index: number; encoding: Page
   }
   switch (page.encoding) {
     case PageEncoding.Zero:
-      ram.fill(0, off, off + pageSize);
+      // Untouched RAM is already zero: reading it is cheap, writing it would fault every page in.
+      if (!isZeroPage(ram.subarray(off, off + pageSize))) ram.fill(0, off, off + pageSize);
       return;
     case PageEncoding.Raw:
       if (page.data.length !== pageSize) throw new MigrationProtocolError("MIGRATION_PAGE_ENCODING", `RAW page ${page.index} has ${page.data.length} bytes`);
@@ -223,8 +224,23 @@ export class PageBatchWriter {
     this.buf = this.alloc();
   }
 
+  /** Batch buffers given back by recycle(): fresh big buffers cost a page fault per 4 KiB. */
+  private readonly free: Buffer[] = [];
+
+  private get bufferBytes(): number {
+    return this.maxBytes + PAGE_ENTRY_HEADER_BYTES + this.pageSize;
+  }
+
   private alloc(): Buffer {
-    return Buffer.allocUnsafe(this.maxBytes + PAGE_ENTRY_HEADER_BYTES + this.pageSize);
+    return this.free.pop() ?? Buffer.allocUnsafe(this.bufferBytes);
+  }
+
+  /** Gives back a payload from take() once it has been written out; its buffer is reused. */
+  recycle(payload: Buffer): void {
+    const size = this.bufferBytes;
+    if (payload.byteOffset !== 0 || payload.buffer.byteLength !== size || this.free.length >= 16) return;
+    const whole = Buffer.from(payload.buffer, 0, size);
+    if (whole !== this.buf) this.free.push(whole);
   }
 
   /** Starts batches for `round` (drops anything not taken). */

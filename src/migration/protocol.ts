@@ -238,19 +238,27 @@ export interface Frame {
 
 const EMPTY = Buffer.alloc(0);
 
-/** One complete frame (header + payload) in one Buffer. */
-export function encodeFrame(command: Command, payload: Uint8Array = EMPTY, flags = 0): Buffer {
+/** The 12-byte header of a frame carrying `payload` (magic, command, flags, length, CRC). */
+export function frameHeader(command: Command, payload: Uint8Array = EMPTY, flags = 0): Buffer {
   if (payload.length > MAX_PAYLOAD_BYTES) {
     throw new MigrationProtocolError("MIGRATION_FRAME_TOO_LARGE", `${commandName(command)} payload is ${payload.length} bytes; a frame carries at most ${MAX_PAYLOAD_BYTES}`);
   }
+  const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
+  head[0] = FRAME_MAGIC >> 8;
+  head[1] = FRAME_MAGIC & 0xff;
+  head[2] = command;
+  head[3] = flags;
+  head.writeUInt32LE(payload.length, 4);
+  head.writeUInt32LE(crc32(payload, crc32(head.subarray(0, 8))), 8);
+  return head;
+}
+
+/** One complete frame (header + payload) in one Buffer. */
+export function encodeFrame(command: Command, payload: Uint8Array = EMPTY, flags = 0): Buffer {
+  const head = frameHeader(command, payload, flags);
   const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
-  buf[0] = FRAME_MAGIC >> 8;
-  buf[1] = FRAME_MAGIC & 0xff;
-  buf[2] = command;
-  buf[3] = flags;
-  buf.writeUInt32LE(payload.length, 4);
+  head.copy(buf, 0);
   buf.set(payload, FRAME_HEADER_BYTES);
-  buf.writeUInt32LE(crc32(buf.subarray(FRAME_HEADER_BYTES), crc32(buf.subarray(0, 8))), 8);
   return buf;
 }
 
@@ -398,7 +406,15 @@ export type PagesMessage = { cmd: typeof Command.Pages; round: number; pages: Pa
 export type MemoryRoundEndMessage = { cmd: typeof Command.MemoryRoundEnd; round: number; pages: number; bytes: number };
 export type StateMessage = { cmd: typeof Command.State; guestClockMs: number; pausedAtMs: number; state: Buffer };
 export type CompleteMessage = { cmd: typeof Command.Complete };
-export type ResumedMessage = { cmd: typeof Command.Resumed; resumedAtMs: number };
+export type ResumedMessage = {
+  cmd: typeof Command.Resumed;
+  resumedAtMs: number;
+  /** How long the target took to restore CPU and devices, and to resume (ms). */
+  restoreMs?: number | undefined;
+  resumeMs?: number | undefined;
+  /** Test mode: sha256 of guest RAM after the restore, before the guest ran. */
+  ramSha256?: string | undefined;
+};
 export type AbortMessage = { cmd: typeof Command.Abort; reason: string };
 export type ErrorMessage = { cmd: typeof Command.Error; code: string; message: string };
 export type PingMessage = { cmd: typeof Command.Ping; seq: number };
@@ -456,7 +472,7 @@ const configAckSchema = z.object({ pageCount: u32 });
 const roundSchema = z.object({ round: u32 });
 const roundEndSchema = z.object({ round: u32, pages: u32, bytes: z.number().int().min(0) });
 const emptySchema = z.object({});
-const resumedSchema = z.object({ resumedAtMs: z.number() });
+const resumedSchema = z.object({ resumedAtMs: z.number(), restoreMs: z.number().min(0).optional(), resumeMs: z.number().min(0).optional(), ramSha256: z.string().regex(/^[0-9a-f]{64}$/).optional() });
 const abortSchema = z.object({ reason: z.string().max(4096) });
 const errorSchema = z.object({ code: z.string().max(100), message: z.string().max(4096) });
 const seqSchema = z.object({ seq: u32 });
@@ -584,8 +600,10 @@ export function encodeMessage(m: Message): Buffer {
       return encodeFrame(m.cmd, encodeStatePayload(m));
     case Command.Complete:
       return encodeFrame(m.cmd, json({}));
-    case Command.Resumed:
-      return encodeFrame(m.cmd, json({ resumedAtMs: m.resumedAtMs }));
+    case Command.Resumed: {
+      const { cmd: _cmd, ...rest } = m;
+      return encodeFrame(m.cmd, json(rest));
+    }
     case Command.Abort:
       return encodeFrame(m.cmd, json({ reason: m.reason.slice(0, 4096) }));
     case Command.Error:

@@ -283,10 +283,10 @@ export class ReceiverStateMachine {
   }
 
   /** The VM runs here now: returns the RESUMED reply (the switchover acknowledgement). */
-  resumed(resumedAtMs: number): ReceiverStep {
+  resumed(resumedAtMs: number, measured: { restoreMs?: number; resumeMs?: number; ramSha256?: string } = {}): ReceiverStep {
     if (this.st !== "Resuming") throw new MigrationStateError(`resumed() called in state ${this.st}; only valid in Resuming`);
     this.st = "Resumed";
-    return { replies: [encodeMessage({ cmd: Command.Resumed, resumedAtMs })], actions: [] };
+    return { replies: [encodeMessage({ cmd: Command.Resumed, resumedAtMs, ...measured })], actions: [] };
   }
 
   /**

@@ -22,6 +22,7 @@ import {
   commandName,
   decodeMessage,
   encodeFrame,
+  frameHeader,
   encodeMessage,
   errorFrame,
   MigrationAbortedError,
@@ -68,7 +69,7 @@ export interface SenderOptions {
 
 export type SenderEvent =
   | { kind: "prepared"; pageCount: number }
-  | { kind: "resumed"; resumedAtMs: number }
+  | { kind: "resumed"; resumedAtMs: number; restoreMs?: number | undefined; resumeMs?: number | undefined; ramSha256?: string | undefined }
   | { kind: "pong"; seq: number }
   /** The migration failed. sourceMayResume false means: stay paused, the outcome is Uncertain. */
   | { kind: "failed"; error: MigrationError; sourceMayResume: boolean };
@@ -191,7 +192,10 @@ export class SenderStateMachine {
           return { send: [], event: { kind: "prepared", pageCount: m.pageCount } };
         case Command.Resumed:
           this.st = "Done";
-          return { send: [], event: { kind: "resumed", resumedAtMs: m.resumedAtMs } };
+          {
+          const { cmd: _cmd, ...resumed } = m;
+          return { send: [], event: { kind: "resumed", ...resumed } };
+        }
         default:
           throw this.unexpected(cmd);
       }
@@ -211,6 +215,17 @@ export class SenderStateMachine {
 
   /** Frames a PAGES payload (from PageBatchWriter.take(), begun with the current round). */
   pages(payload: Buffer): Buffer {
+    this.countPages(payload);
+    return encodeFrame(Command.Pages, payload);
+  }
+
+  /** As pages(), but as [header, payload] so the payload is written without a copy. */
+  pagesParts(payload: Buffer): [Buffer, Buffer] {
+    this.countPages(payload);
+    return [frameHeader(Command.Pages, payload), payload];
+  }
+
+  private countPages(payload: Buffer): void {
     this.require("send PAGES", "InRound");
     if (payload.length < PAGES_HEADER_BYTES) throw new MigrationStateError("PAGES payload is shorter than its header");
     const round = payload.readUInt32LE(0);
@@ -220,7 +235,6 @@ export class SenderStateMachine {
     this.roundBytes += payload.length;
     this.stats.pagesSent += count;
     this.stats.bytesSent += payload.length;
-    return encodeFrame(Command.Pages, payload);
   }
 
   endRound(): Buffer {

@@ -1,4 +1,5 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
 import { HopError } from "../common/errors.js";
 
@@ -14,9 +15,27 @@ export class Datastore {
     this.root = resolve(root);
   }
 
+  private idValue: string | undefined;
+
   async init(): Promise<void> {
     await mkdir(join(this.root, "vms"), { recursive: true });
     await mkdir(join(this.root, "states"), { recursive: true });
+    // The datastore's identity: hosts that see the same id share it (their VMs can move without copying files).
+    const file = join(this.root, "datastore.json");
+    try {
+      await writeFile(file, JSON.stringify({ id: randomUUID(), createdAt: new Date().toISOString() }) + "\n", { flag: "wx" });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    const parsed = JSON.parse(await readFile(file, "utf8")) as { id?: unknown };
+    if (typeof parsed.id !== "string") throw new HopError("DATASTORE_CORRUPT", `${file} has no id`, { status: 500 });
+    this.idValue = parsed.id;
+  }
+
+  /** The datastore's identity (after init()). */
+  get id(): string {
+    if (this.idValue === undefined) throw new HopError("DATASTORE_NOT_READY", "the datastore is not initialised", { status: 500 });
+    return this.idValue;
   }
 
   vmDir(name: string): string {
@@ -30,6 +49,16 @@ export class Datastore {
       throw new HopError("DATASTORE_PATH_OUTSIDE", `path ${p} is outside the datastore ${this.root}`, { status: 400 });
     }
     return abs;
+  }
+
+  /** Whether a path relative to the datastore exists. */
+  async exists(p: string): Promise<boolean> {
+    try {
+      await stat(this.resolvePath(p));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   async listVmConfigs<T>(): Promise<T[]> {

@@ -56,6 +56,10 @@ export interface VmConfig {
   disk?: { path: string; sizeMiB: number };
   boot: "template" | "cold";
   createdAt: string;
+  /** The host that owns (runs) the VM; a shared datastore holds VMs of several hosts. */
+  host?: string;
+  /** Bumped on every change of owner, so a stale owner can be recognised. */
+  generation?: number;
 }
 
 /** A locally administered, unicast MAC derived from random bytes (52:54:00 is QEMU's prefix; we use 02:68:6f = "ho"). */

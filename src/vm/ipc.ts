@@ -3,6 +3,7 @@
  * Buffers cross intact). Requests carry an id and get exactly one response.
  */
 import type { NicModel } from "../engine/index.js";
+import type { LiveMigrationOptions, MigrationProgress, MigrationReport, ReceiverExpect, TargetSwitchoverInfo, VmMigrationConfig } from "../migration/index.js";
 import type { StateHeader } from "../storage/index.js";
 
 export interface GuestIdentity {
@@ -23,7 +24,12 @@ export interface ImagePaths {
 
 export type VmStart =
   | { mode: "boot"; cmdline: string }
-  | { mode: "restore"; statePath: string; identity: GuestIdentity };
+  /** A template state: restore, then give the guest its own identity. */
+  | { mode: "restore"; statePath: string; identity: GuestIdentity }
+  /** This VM's own saved state (quick migration, resume from suspend): restore, set the clock, run. */
+  | { mode: "resume"; statePath: string }
+  /** A live migration into this process: the engine waits, paused, for the connection (sent with a "socket" message). */
+  | { mode: "incoming"; migrationId: string; token: string; expect: ReceiverExpect; verifyRam: boolean };
 
 export interface VmInit {
   t: "init";
@@ -44,9 +50,25 @@ export type VmOp =
   | { op: "poweroff" }
   | { op: "saveState"; path: string; header: Omit<StateHeader, "savedAtMs" | "createdAt" | "engine"> }
   | { op: "consoleWrite"; data: Buffer }
-  | { op: "stats" };
+  | { op: "stats" }
+  | { op: "migrateOut"; migrationId: string; from: string; to: string; address: { host: string; port: number }; token: string; config: VmMigrationConfig; options: LiveMigrationOptions }
+  | { op: "migrateCancel"; migrationId: string; reason: string }
+  | { op: "fence"; migrationId: string };
 
-export type ParentMessage = VmInit | ({ t: "req"; id: number } & VmOp);
+/** The answer to migrateOut. */
+export type MigrateOutResult =
+  | { ok: true; report: MigrationReport }
+  | { ok: false; error: { code: string; message: string }; sourceMayResume: boolean };
+
+/** An accepted migration connection for an incoming VM (the socket travels as the message's handle). */
+export interface SocketMessage {
+  t: "socket";
+  migrationId: string;
+  /** Bytes the host agent already read from the socket (the HELLO frame). */
+  head: Buffer;
+}
+
+export type ParentMessage = VmInit | SocketMessage | ({ t: "req"; id: number } & VmOp);
 
 export interface VmStats {
   instructions: number;
@@ -63,4 +85,9 @@ export type ChildMessage =
   | { t: "console"; data: Buffer }
   | { t: "state"; state: "running" | "paused" }
   | { t: "stopped"; reason: string }
+  | { t: "migration"; progress: MigrationProgress }
+  /** An incoming live migration finished: the guest runs in this process now. */
+  | { t: "migratedIn"; migrationId: string; info: TargetSwitchoverInfo }
+  /** An incoming live migration ended without the guest running here (the process exits). */
+  | { t: "migrationAborted"; migrationId: string; error: { code: string; message: string } }
   | { t: "fatal"; error: { code: string; message: string } };

@@ -5,11 +5,13 @@
  * host asks it to stop.
  */
 import { readFile } from "node:fs/promises";
+import type { Socket } from "node:net";
 import { HopError } from "../common/errors.js";
 import { Engine, ENGINE_VERSION } from "../engine/index.js";
+import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js";
 import { FileDisk, readStateFile, writeStateFile, checkCompatible } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
-import type { ChildMessage, ParentMessage, VmInit, VmOp } from "./ipc.js";
+import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
@@ -28,8 +30,30 @@ class VmProcess {
   private consoleTail = "";
   private readyMarkerSeen: (() => void) | undefined;
   private exiting = false;
+  /** An incoming live migration (mode "incoming") and a connection that arrived before it was ready. */
+  private incoming: { id: string; target: LiveMigrationTarget } | undefined;
+  private pendingSocket: { msg: SocketMessage; socket: Socket } | undefined;
+  private outgoing: { id: string; source: LiveMigrationSource } | undefined;
+  /** Set once a live migration out of this process completed: this copy must never run again. */
+  private migratedAway = false;
 
   constructor(private readonly init: VmInit) {}
+
+  /** A migration connection handed over by the host agent. */
+  acceptSocket(msg: SocketMessage, socket: Socket | undefined): void {
+    if (socket === undefined) return;
+    const inc = this.incoming;
+    if (inc === undefined) {
+      if (this.init.start.mode === "incoming" && this.pendingSocket === undefined) this.pendingSocket = { msg, socket };
+      else socket.destroy();
+      return;
+    }
+    if (msg.migrationId !== inc.id) {
+      socket.destroy();
+      return;
+    }
+    inc.target.attach(socket, Buffer.from(msg.head));
+  }
 
   async start(): Promise<void> {
     const t0 = performance.now();
@@ -40,7 +64,7 @@ class VmProcess {
       return now;
     };
     const { init } = this;
-    const restore = init.start.mode === "restore";
+    const restore = init.start.mode !== "boot";
     const [bios, vgabios, bzimage, initrd] = await Promise.all([
       readFile(init.image.bios),
       readFile(init.image.vgabios),
@@ -66,7 +90,7 @@ class VmProcess {
         nic: init.nic,
         serialPorts: 2,
       }),
-      init.start.mode === "restore" ? readStateFile(init.start.statePath) : undefined,
+      init.start.mode === "restore" || init.start.mode === "resume" ? readStateFile(init.start.statePath) : undefined,
     ]);
     let t = mark("engine+read", t0);
     this.engine = engine;
@@ -75,7 +99,45 @@ class VmProcess {
     engine.onSerialByte(1, (b) => agent.feed(b));
     engine.onSerialByte(0, (b) => this.onConsoleByte(b));
 
-    if (init.start.mode === "restore" && state !== undefined) {
+    const start = init.start;
+    if (start.mode === "incoming") {
+      const target = new LiveMigrationTarget(
+        engine,
+        { token: start.token, engineVersion: ENGINE_VERSION, expect: start.expect, verifyRam: start.verifyRam },
+        {
+          onResumed: (info) => {
+            send({ t: "migratedIn", migrationId: start.migrationId, info });
+            send({ t: "ready", startMs: Math.round(performance.now() - t0), phases: { restore: info.restoreMs, resume: info.resumeMs } });
+            send({ t: "state", state: "running" });
+            // The guest's clock stood still during the pause (its TSC was restored as saved): set it.
+            agent.setTime(Date.now(), 5_000).catch(() => undefined);
+          },
+          onAborted: (err) => {
+            send({ t: "migrationAborted", migrationId: start.migrationId, error: { code: err.code, message: err.message } });
+            void this.exit(`incoming migration aborted: ${err.message}`);
+          },
+        },
+      );
+      this.incoming = { id: start.migrationId, target };
+      const pending = this.pendingSocket;
+      this.pendingSocket = undefined;
+      if (pending !== undefined) this.acceptSocket(pending.msg, pending.socket);
+      return;
+    }
+    if (start.mode === "resume" && state !== undefined) {
+      checkCompatible(
+        state.header,
+        { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined },
+        start.statePath,
+      );
+      const p = state.payload;
+      await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
+      t = mark("restore", t);
+      await engine.run();
+      mark("resume", t);
+      // The guest's clock stood still while the state was saved (its TSC was restored as saved).
+      agent.setTime(Date.now(), 5_000).catch(() => undefined);
+    } else if (init.start.mode === "restore" && state !== undefined) {
       checkCompatible(
         state.header,
         { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined },
@@ -119,6 +181,7 @@ class VmProcess {
         send({ t: "state", state: "paused" });
         return undefined;
       case "resume":
+        if (this.migratedAway) throw new HopError("VM_MIGRATED", "this copy of the VM was migrated away and must not run", { status: 409 });
         await engine.run();
         send({ t: "state", state: "running" });
         return undefined;
@@ -132,6 +195,37 @@ class VmProcess {
       case "poweroff":
         setImmediate(() => void this.exit("powered off by the host"));
         return undefined;
+      case "migrateOut": {
+        if (this.outgoing !== undefined || this.migratedAway) throw new HopError("MIGRATION_BUSY", "a migration of this VM is already under way or done", { status: 409 });
+        if (!engine.running) throw new HopError("VM_NOT_RUNNING", "live migration needs a running VM", { status: 409 });
+        const source = new LiveMigrationSource(
+          engine,
+          { migrationId: req.migrationId, vmName: this.init.name, from: req.from, to: req.to, address: req.address, token: req.token, engineVersion: ENGINE_VERSION, config: req.config, options: req.options },
+          { progress: (progress) => send({ t: "migration", progress }), beforeFinalCopy: () => this.disk?.flush() },
+        );
+        this.outgoing = { id: req.migrationId, source };
+        try {
+          const out = await source.run();
+          if (out.kind === "done") {
+            this.migratedAway = true;
+            return { ok: true, report: out.report } satisfies MigrateOutResult;
+          }
+          if (out.sourceMayResume) send({ t: "state", state: engine.running ? "running" : "paused" });
+          return { ok: false, error: { code: out.error.code, message: out.error.message }, sourceMayResume: out.sourceMayResume } satisfies MigrateOutResult;
+        } finally {
+          this.outgoing = undefined;
+        }
+      }
+      case "migrateCancel": {
+        const out = this.outgoing;
+        if (out === undefined || out.id !== req.migrationId) throw new HopError("MIGRATION_NOT_FOUND", `no migration ${req.migrationId} is running out of this VM`, { status: 404 });
+        return { cancelled: out.source.cancel(req.reason) };
+      }
+      case "fence": {
+        const inc = this.incoming;
+        if (inc === undefined || inc.id !== req.migrationId) throw new HopError("MIGRATION_NOT_FOUND", `no incoming migration ${req.migrationId} in this VM process`, { status: 404 });
+        return { outcome: await inc.target.fence() };
+      }
       case "consoleWrite":
         engine.serialWrite(0, req.data);
         return undefined;
@@ -240,8 +334,14 @@ function errorPayload(err: unknown): { code: string; message: string } {
 /** Entry point when this module runs as a forked VM process. */
 export function runVmProcess(): void {
   let vm: VmProcess | undefined;
-  process.on("message", (raw) => {
+  process.on("message", (raw, handle) => {
     const msg = raw as ParentMessage;
+    if (msg.t === "socket") {
+      const socket = handle as Socket | undefined;
+      if (vm !== undefined) vm.acceptSocket(msg, socket);
+      else socket?.destroy();
+      return;
+    }
     if (msg.t === "init") {
       if (vm !== undefined) return;
       const instance = new VmProcess(msg);

@@ -1,0 +1,366 @@
+/**
+ * The source side of a live migration, driving a SenderStateMachine over a real connection:
+ * handshake, pre-copy rounds (shadow compare in slices while the guest runs), the convergence
+ * policy with throttling, stop-and-copy, state, COMPLETE and the target's acknowledgement.
+ *
+ * Whatever happens, it returns with the VM in a defined power state:
+ *   - done:               paused; the target runs the VM; the caller must destroy this copy;
+ *   - failed, may resume: running again exactly as before (resumed here if it was paused);
+ *   - failed, uncertain:  paused; COMPLETE was sent and the target's answer was lost. The caller
+ *                         must ask the target (fence) and must never resume blindly.
+ */
+import { createHash } from "node:crypto";
+import { connect, type Socket } from "node:net";
+import { DirtyTracker } from "./dirty.js";
+import { PageBatchWriter } from "./pages.js";
+import { decideNextStep, type PolicyDecision } from "./policy.js";
+import { MigrationAbortedError, PAGE_SIZE, toMigrationError, type Frame, type MigrationError, type VmMigrationConfig } from "./protocol.js";
+import type { LiveMigrationOptions, MigrationProgress, MigrationReport, RoundReport } from "./report.js";
+import { SenderStateMachine, type SenderEvent } from "./sender.js";
+import { Stunner } from "./stun.js";
+import { FrameConnection } from "./transport.js";
+import type { Migratable } from "./vm.js";
+
+export const LIVE_DEFAULTS = { downtimeTargetMs: 50, maxRounds: 30, sliceBytes: 4 * 1024 * 1024, batchBytes: 1024 * 1024, switchoverOverheadMs: 10 } as const;
+
+export interface SourceParams {
+  migrationId: string;
+  vmName: string;
+  from: string;
+  to: string;
+  address: { host: string; port: number };
+  token: string;
+  engineVersion: string;
+  config: VmMigrationConfig;
+  options: LiveMigrationOptions;
+  connectTimeoutMs?: number;
+  /** How long to wait for the target's answers (handshake, RESUMED). */
+  replyTimeoutMs?: number;
+}
+
+export interface SourceHooks {
+  progress?: (p: MigrationProgress) => void;
+  /** Runs with the guest paused, before the final copy (flush the data disk). */
+  beforeFinalCopy?: () => void | Promise<void>;
+}
+
+export type SourceOutcome =
+  | { kind: "done"; report: MigrationReport }
+  | { kind: "failed"; error: MigrationError; sourceMayResume: boolean };
+
+function sha256(b: Uint8Array): string {
+  return createHash("sha256").update(b).digest("hex");
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function dial(host: string, port: number, timeoutMs: number): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    const s = connect({ host, port });
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new MigrationAbortedError("MIGRATION_CONNECTION_LOST", `connecting to the target at ${host}:${port} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    s.once("connect", () => {
+      clearTimeout(timer);
+      s.removeAllListeners("error");
+      resolve(s);
+    });
+    s.once("error", (err) => {
+      clearTimeout(timer);
+      reject(new MigrationAbortedError("MIGRATION_CONNECTION_LOST", `cannot connect to the target at ${host}:${port}: ${err.message}`, err));
+    });
+  });
+}
+
+/** One live migration out of this process. Create, then run() once; cancel() at any time. */
+export class LiveMigrationSource {
+  private readonly sm: SenderStateMachine;
+  private conn: FrameConnection | undefined;
+  private waiter: { kind: SenderEvent["kind"]; resolve: (e: SenderEvent) => void; reject: (e: MigrationError) => void } | undefined;
+  private failure: MigrationError | undefined;
+  private cancelled: string | undefined;
+  private readonly stunner: Stunner;
+  private committed = false;
+
+  constructor(
+    private readonly vm: Migratable,
+    private readonly p: SourceParams,
+    private readonly hooks: SourceHooks = {},
+  ) {
+    this.sm = new SenderStateMachine({ token: p.token, engineVersion: p.engineVersion, migrationId: p.migrationId, config: p.config });
+    this.stunner = new Stunner(vm);
+  }
+
+  /** Cancels before COMPLETE (after it, the migration can no longer be cancelled). */
+  cancel(reason = "cancelled by the user"): boolean {
+    if (this.committed || this.failure !== undefined) return false;
+    this.cancelled = reason;
+    this.fail(new MigrationAbortedError("MIGRATION_ABORTED", `the migration was cancelled: ${reason}`));
+    return true;
+  }
+
+  private progress(phase: MigrationProgress["phase"], extra: Partial<MigrationProgress> = {}): void {
+    this.hooks.progress?.({ migrationId: this.p.migrationId, vm: this.p.vmName, mode: "live", phase, ...extra });
+  }
+
+  private onFrame(f: Frame): void {
+    const step = this.sm.handle(f);
+    if (step.send.length > 0) this.conn?.write(...step.send);
+    const ev = step.event;
+    if (ev === undefined) return;
+    if (ev.kind === "failed") {
+      this.fail(ev.error);
+      return;
+    }
+    if (this.waiter !== undefined && this.waiter.kind === ev.kind) {
+      const w = this.waiter;
+      this.waiter = undefined;
+      w.resolve(ev);
+    }
+  }
+
+  private fail(err: MigrationError): void {
+    if (this.failure === undefined) this.failure = err;
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.reject(this.failure);
+  }
+
+  private check(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  private waitFor<K extends SenderEvent["kind"]>(kind: K, timeoutMs: number, what: string): Promise<Extract<SenderEvent, { kind: K }>> {
+    this.check();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new MigrationAbortedError("MIGRATION_CONNECTION_LOST", `the target did not ${what} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = {
+        kind,
+        resolve: (e) => {
+          clearTimeout(timer);
+          resolve(e as Extract<SenderEvent, { kind: K }>);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  async run(): Promise<SourceOutcome> {
+    const t0 = performance.now();
+    const p = this.p;
+    const opts = p.options;
+    const downtimeTargetMs = opts.downtimeTargetMs ?? LIVE_DEFAULTS.downtimeTargetMs;
+    const replyTimeoutMs = p.replyTimeoutMs ?? 30_000;
+    const rounds: RoundReport[] = [];
+    try {
+      this.progress("prepare");
+      const socket = await dial(p.address.host, p.address.port, p.connectTimeoutMs ?? 10_000);
+      this.check();
+      this.conn = new FrameConnection(socket, {
+        onFrame: (f) => this.onFrame(f),
+        onEnd: (err) => {
+          if (err === undefined) return;
+          const step = this.sm.connectionLost();
+          this.fail(step.error ?? err);
+        },
+      });
+      const conn = this.conn;
+      conn.write(this.sm.hello());
+      await this.waitFor("prepared", replyTimeoutMs, "prepare the VM");
+
+      const pageCount = this.sm.pageCount;
+      const ramBytes = pageCount * PAGE_SIZE;
+      const tracker = new DirtyTracker(pageCount);
+      const writer = new PageBatchWriter({ maxBytes: LIVE_DEFAULTS.batchBytes, encode: { lz4: opts.lz4 === true } });
+      const getRam = (): Uint8Array => this.vm.ram();
+      const limit = opts.bandwidthBytesPerSec ?? 0;
+      let bytesTotal = 0;
+      let linkStart = performance.now();
+      let linkBytes = 0;
+      const emit = (payload: Buffer | undefined): void => {
+        if (payload === undefined) return;
+        linkBytes += payload.length;
+        conn.writeThen(() => writer.recycle(payload), ...this.sm.pagesParts(payload));
+      };
+      /** Between scan slices: let the guest run, honour back-pressure and the bandwidth limit, notice failures. */
+      const between = async (): Promise<void> => {
+        this.check();
+        await conn.send();
+        if (limit > 0) {
+          const ahead = (linkBytes / limit) * 1000 - (performance.now() - linkStart);
+          if (ahead > 0) await sleep(ahead);
+        }
+        await new Promise<void>((r) => setImmediate(r));
+        this.check();
+      };
+      const sendRound = async (all: boolean, paused: boolean): Promise<{ pages: number; bytes: number; ms: number }> => {
+        const r0 = performance.now();
+        const before = this.sm.stats.bytesSent;
+        conn.write(this.sm.beginRound());
+        writer.begin(this.sm.currentRound);
+        const onDirty = (page: number, cur: Uint8Array, prev: Uint8Array | undefined): void => {
+          if (writer.add(page, cur, prev)) emit(writer.take());
+        };
+        let pages: number;
+        if (paused) pages = tracker.scanSlice(getRam(), 0, pageCount, { onDirty, all }).length;
+        else pages = (await tracker.scanAll(getRam, { onDirty, all, sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between })).length;
+        emit(writer.take());
+        conn.write(this.sm.endRound());
+        const bytes = this.sm.stats.bytesSent - before;
+        bytesTotal += bytes;
+        return { pages, bytes, ms: performance.now() - r0 };
+      };
+
+      // Pre-copy.
+      let bestBandwidth = 0; // bytes per ms
+      const history: number[] = [];
+      let roundsAtLevel = 0;
+      let stopReason = "converged";
+      linkStart = performance.now();
+      for (let round = 0; ; round++) {
+        this.progress("precopy", { message: `round ${round}` });
+        const r = await sendRound(round === 0, false);
+        await conn.send();
+        if (r.bytes >= 1024 * 1024) bestBandwidth = Math.max(bestBandwidth, r.bytes / Math.max(r.ms, 0.001));
+        const remainingPages = await tracker.countAll(getRam, { sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between });
+        const remainingBytes = remainingPages * PAGE_SIZE;
+        roundsAtLevel++;
+        const decision: PolicyDecision = decideNextStep({
+          roundsDone: round + 1,
+          bytesSentTotal: bytesTotal,
+          ramBytes,
+          lastRound: { bytesSent: r.bytes, durationMs: r.ms, dirtyBytes: remainingBytes },
+          bandwidthBytesPerMs: bestBandwidth,
+          dirtyRateBytesPerMs: 0,
+          remainingDirtyBytes: remainingBytes,
+          remainingHistory: history,
+          downtimeTargetMs,
+          switchoverOverheadMs: LIVE_DEFAULTS.switchoverOverheadMs,
+          maxRounds: opts.maxRounds ?? LIVE_DEFAULTS.maxRounds,
+          throttleLevel: this.stunner.current,
+          roundsAtThrottleLevel: roundsAtLevel,
+        });
+        history.push(remainingBytes);
+        const report: RoundReport = {
+          round,
+          pages: r.pages,
+          bytes: r.bytes,
+          durationMs: round2(r.ms),
+          bandwidthBytesPerSec: Math.round((r.bytes / Math.max(r.ms, 0.001)) * 1000),
+          dirtyBytesPerSec: Math.round((remainingBytes / Math.max(r.ms, 0.001)) * 1000),
+          remainingPages,
+          expectedDowntimeMs: round2(decision.expectedDowntimeMs),
+          throttle: this.stunner.current,
+          decision: decision.action === "stop-and-copy" ? `stop-and-copy (${decision.reason})` : decision.action === "throttle" ? `throttle to ${decision.level}% (${decision.reason})` : "round",
+        };
+        rounds.push(report);
+        this.progress("precopy", { round: report });
+        if (decision.action === "stop-and-copy") {
+          stopReason = decision.reason;
+          break;
+        }
+        if (decision.action === "throttle") {
+          this.stunner.setLevel(decision.level);
+          roundsAtLevel = 0;
+        }
+      }
+
+      // Stop-and-copy.
+      this.progress("stop-and-copy");
+      const pausedAtMs = Date.now();
+      const s0 = performance.now();
+      await this.stunner.stop();
+      if (this.vm.running) await this.vm.pause();
+      const s1 = performance.now();
+      await this.hooks.beforeFinalCopy?.();
+      this.check();
+      const last = await sendRound(false, true);
+      const s2 = performance.now();
+      const state = await this.vm.saveStateWithoutRam();
+      const sourceSha = opts.verifyRam === true ? sha256(getRam()) : undefined;
+      const s3 = performance.now();
+      this.check();
+      conn.write(this.sm.sendState(new Uint8Array(state), Date.now(), pausedAtMs));
+      this.committed = true;
+      conn.write(this.sm.complete());
+      this.progress("switchover");
+      const resumed = await this.waitFor("resumed", replyTimeoutMs, "acknowledge that the VM runs");
+      const s4 = performance.now();
+      rounds.push({
+        round: rounds.length,
+        pages: last.pages,
+        bytes: last.bytes,
+        durationMs: round2(last.ms),
+        bandwidthBytesPerSec: Math.round((last.bytes / Math.max(last.ms, 0.001)) * 1000),
+        dirtyBytesPerSec: 0,
+        remainingPages: 0,
+        expectedDowntimeMs: 0,
+        throttle: 0,
+        decision: "final (guest paused)",
+      });
+      const restoreMs = resumed.restoreMs ?? 0;
+      const resumeMs = resumed.resumeMs ?? 0;
+      conn.close();
+      const report: MigrationReport = {
+        migrationId: p.migrationId,
+        vm: p.vmName,
+        mode: "live",
+        from: p.from,
+        to: p.to,
+        ok: true,
+        totalMs: round2(performance.now() - t0),
+        downtimeMs: round2(s4 - s0),
+        downtime: {
+          stopMs: round2(s1 - s0),
+          finalCopyMs: round2(s2 - s1),
+          stateSaveMs: round2(s3 - s2),
+          transferMs: round2(Math.max(0, s4 - s3 - restoreMs - resumeMs)),
+          restoreMs: round2(restoreMs),
+          resumeMs: round2(resumeMs),
+        },
+        bytes: this.sm.stats.bytesSent + state.byteLength,
+        pages: this.sm.stats.pagesSent,
+        rounds,
+        stopReason,
+        throttleMax: this.stunner.maxLevel,
+        stunnedMs: round2(this.stunner.stunnedMs),
+        ...(sourceSha !== undefined && resumed.ramSha256 !== undefined ? { ramSha256: { source: sourceSha, target: resumed.ramSha256 } } : {}),
+      };
+      this.progress("done");
+      return { kind: "done", report };
+    } catch (err) {
+      const error = toMigrationError(this.failure ?? err);
+      if (this.failure === undefined) this.failure = error;
+      await this.stunner.stop();
+      if (this.sm.state === "AwaitResumed") this.sm.fail(error);
+      if (this.sm.state === "Uncertain") {
+        // COMPLETE went out and no answer came back: the target may run the VM. Stay paused.
+        this.conn?.destroy();
+        this.progress("failed", { message: error.message });
+        return { kind: "failed", error, sourceMayResume: false };
+      }
+      if (this.sm.sourceMayResume && this.sm.state !== "Aborted") {
+        // Tell the target to discard its copy (it also does so when the connection drops).
+        const frames = this.cancelled !== undefined ? this.sm.abort(this.cancelled) : this.sm.fail(error).send;
+        this.conn?.write(...frames);
+      }
+      this.conn?.close();
+      if (!this.vm.running) await this.vm.run();
+      this.progress("failed", { message: error.message });
+      return { kind: "failed", error, sourceMayResume: true };
+    }
+  }
+}
+
+function round2(v: number): number {
+  return Math.round(v * 100) / 100;
+}

@@ -1,0 +1,204 @@
+/**
+ * The target side of a live migration, driving a ReceiverStateMachine over a real connection:
+ * frames are handled strictly one after another (restoring and resuming are asynchronous),
+ * pages go straight into the prepared VM's RAM, and the VM is resumed only on COMPLETE.
+ *
+ * Until the peer has proven it holds the cluster token, frames are limited to control size.
+ * A silent peer is dropped after `idleTimeoutMs` (before COMPLETE: the migration aborts).
+ */
+import { createHash } from "node:crypto";
+import type { Socket } from "node:net";
+import { applyPages } from "./pages.js";
+import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, type Frame, type MigrationError } from "./protocol.js";
+import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
+import { FrameConnection } from "./transport.js";
+import type { Migratable } from "./vm.js";
+
+export interface TargetParams {
+  token: string;
+  engineVersion: string;
+  expect: ReceiverExpect;
+  /** Test mode: hash RAM after the restore and report it in RESUMED. */
+  verifyRam?: boolean;
+  idleTimeoutMs?: number;
+}
+
+export interface TargetSwitchoverInfo {
+  pausedAtMs: number;
+  guestClockMs: number;
+  resumedAtMs: number;
+  restoreMs: number;
+  resumeMs: number;
+  stateBytes: number;
+  rounds: number;
+  pages: number;
+  bytes: number;
+}
+
+export interface TargetHooks {
+  /** The guest runs here now (RESUMED is on its way to the source). */
+  onResumed: (info: TargetSwitchoverInfo) => void;
+  /** The migration ended without the VM running here: discard the VM, it must never run. */
+  onAborted: (error: MigrationError) => void;
+}
+
+export class LiveMigrationTarget {
+  private readonly sm: ReceiverStateMachine;
+  private conn: FrameConnection | undefined;
+  private chain: Promise<void> = Promise.resolve();
+  private idleTimer: NodeJS.Timeout | undefined;
+  private settled = false;
+  private restoreMs = 0;
+  private stateBytes = 0;
+  private pausedAtMs = 0;
+  private guestClockMs = 0;
+
+  constructor(
+    private readonly vm: Migratable,
+    private readonly p: TargetParams,
+    private readonly hooks: TargetHooks,
+  ) {
+    this.sm = new ReceiverStateMachine({ token: p.token, engineVersion: p.engineVersion, expect: p.expect });
+  }
+
+  get state(): string {
+    return this.sm.state;
+  }
+
+  /** Takes over an accepted connection; `head` holds bytes already read from it. */
+  attach(socket: Socket, head?: Buffer): void {
+    if (this.conn !== undefined) {
+      socket.destroy();
+      return;
+    }
+    this.conn = new FrameConnection(
+      socket,
+      {
+        onFrame: (f) => {
+          this.touch();
+          this.chain = this.chain.then(() => this.process(f));
+        },
+        onEnd: (err) => {
+          this.clearIdle();
+          this.chain = this.chain.then(() => this.apply(err !== undefined && this.sm.state !== "AwaitHello" ? this.sm.connectionLost() : this.sm.connectionLost()));
+        },
+      },
+      { maxPayload: MAX_CONTROL_PAYLOAD_BYTES, ...(head !== undefined ? { head } : {}) },
+    );
+    this.touch();
+  }
+
+  /**
+   * The source lost our answer after COMPLETE and asks what happened: "resumed" if the VM runs
+   * here; otherwise the migration is fenced (a late COMPLETE can never resume it) and "aborted".
+   */
+  async fence(): Promise<"resumed" | "resuming" | "aborted"> {
+    await this.chain;
+    const r = this.sm.fence();
+    for (const a of r.actions) await this.act(a);
+    return r.outcome;
+  }
+
+  private touch(): void {
+    this.clearIdle();
+    const ms = this.p.idleTimeoutMs ?? 30_000;
+    this.idleTimer = setTimeout(() => {
+      this.chain = this.chain.then(() => this.apply(this.sm.fail(new MigrationAbortedError("MIGRATION_CONNECTION_LOST", `the source sent nothing for ${ms} ms`))));
+      this.conn?.destroy();
+    }, ms);
+  }
+
+  private clearIdle(): void {
+    if (this.idleTimer !== undefined) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  private async process(f: Frame): Promise<void> {
+    if (this.settled && this.sm.state === "Aborted") return;
+    await this.apply(this.sm.handle(f));
+    // Once the source has proven it holds the token, page frames may be large.
+    if (this.sm.state === "Preparing" || this.sm.state === "Prepared") this.conn?.setMaxPayload(MAX_PAYLOAD_BYTES);
+  }
+
+  private async apply(step: ReceiverStep): Promise<void> {
+    let next: ReceiverStep | undefined = step;
+    while (next !== undefined) {
+      const current: ReceiverStep = next;
+      next = undefined;
+      try {
+        for (const a of current.actions) {
+          const follow = await this.act(a);
+          if (follow !== undefined) next = follow;
+        }
+      } catch (err) {
+        next = this.sm.fail(err);
+        if (current.replies.length > 0) continue;
+      }
+      if (current.replies.length > 0) this.conn?.write(...current.replies);
+    }
+  }
+
+  /** Carries out one action; returns a follow-up step when the action completes a state (prepared, resumed). */
+  private async act(a: ReceiverAction): Promise<ReceiverStep | undefined> {
+    switch (a.kind) {
+      case "prepare": {
+        const ram = this.vm.ram();
+        if (ram.length !== a.pageCount * a.config.pageSize) throw new MigrationAbortedError("MIGRATION_ABORTED", `the prepared VM has ${ram.length} bytes of RAM, the source sends ${a.pageCount * a.config.pageSize}`);
+        // Fault the RAM in now, before the first round: page faults while pages stream in
+        // would halve the rate at which they can be applied.
+        ram.fill(0);
+        return this.sm.prepared();
+      }
+      case "writePages":
+        applyPages(this.vm.ram(), a.pages);
+        return undefined;
+      case "roundComplete":
+        return undefined;
+      case "restoreState": {
+        const t0 = performance.now();
+        this.stateBytes = a.state.length;
+        this.pausedAtMs = a.pausedAtMs;
+        this.guestClockMs = a.guestClockMs;
+        const copy = a.state.buffer.slice(a.state.byteOffset, a.state.byteOffset + a.state.byteLength) as ArrayBuffer;
+        await this.vm.restoreStateKeepingRam(copy);
+        this.restoreMs = performance.now() - t0;
+        return undefined;
+      }
+      case "resume": {
+        const ramSha256 = this.p.verifyRam === true ? createHash("sha256").update(this.vm.ram()).digest("hex") : undefined;
+        const t0 = performance.now();
+        await this.vm.run();
+        const resumeMs = performance.now() - t0;
+        const resumedAtMs = Date.now();
+        const step = this.sm.resumed(resumedAtMs, { restoreMs: round2(this.restoreMs), resumeMs: round2(resumeMs), ...(ramSha256 !== undefined ? { ramSha256 } : {}) });
+        this.clearIdle();
+        this.settled = true;
+        const stats = this.sm.stats;
+        this.hooks.onResumed({
+          pausedAtMs: this.pausedAtMs,
+          guestClockMs: this.guestClockMs,
+          resumedAtMs,
+          restoreMs: round2(this.restoreMs),
+          resumeMs: round2(resumeMs),
+          stateBytes: this.stateBytes,
+          rounds: stats.rounds,
+          pages: stats.pages,
+          bytes: stats.bytes,
+        });
+        return step;
+      }
+      case "abort":
+        this.clearIdle();
+        if (this.vm.running) await this.vm.pause();
+        if (!this.settled) {
+          this.settled = true;
+          this.hooks.onAborted(a.error ?? new MigrationAbortedError("MIGRATION_ABORTED", a.reason));
+        }
+        return undefined;
+    }
+  }
+}
+
+function round2(v: number): number {
+  return Math.round(v * 100) / 100;
+}

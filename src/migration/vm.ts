@@ -1,0 +1,22 @@
+/**
+ * The capabilities a migration needs from a VM, as small interfaces (after Cloud Hypervisor's
+ * Pausable / Snapshottable / Migratable). The engine implements them; the migration drivers
+ * see nothing else of it.
+ */
+export interface Pausable {
+  readonly running: boolean;
+  pause(): Promise<void>;
+  run(): Promise<void>;
+}
+
+export interface Snapshottable {
+  /** CPU and device state, RAM excluded (RAM travels as pages). */
+  saveStateWithoutRam(): Promise<ArrayBuffer>;
+  /** Restores CPU and devices onto RAM that already holds the guest's pages. */
+  restoreStateKeepingRam(state: ArrayBuffer): Promise<void>;
+}
+
+export interface Migratable extends Pausable, Snapshottable {
+  /** A raw view of guest RAM (re-fetch it: a view can be detached when wasm memory grows). */
+  ram(): Uint8Array;
+}
