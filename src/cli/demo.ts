@@ -13,6 +13,7 @@ import type { Command } from "commander";
 import { HopError } from "../common/errors.js";
 import { packageRoot } from "../common/paths.js";
 import { ensureImage } from "../image/index.js";
+import type WebSocket from "ws";
 import { HostClient, waitOpen } from "../host/client.js";
 import { progressReporter } from "./image.js";
 
@@ -22,8 +23,11 @@ interface Agent {
   url: string;
 }
 
-function startAgent(name: string, dir: string, token: string): Promise<Agent> {
-  const proc = spawn(process.execPath, [join(packageRoot, "bin", "hop.js"), "host", "serve", "--name", name, "--listen", "127.0.0.1:0", "--datastore", join(dir, name), "--token", token], {
+/** A host agent process; all demo agents share one datastore (as hosts share a SAN or NFS export). */
+function startAgent(name: string, datastore: string, token: string, peers: string[] = []): Promise<Agent> {
+  const args = [join(packageRoot, "bin", "hop.js"), "host", "serve", "--name", name, "--listen", "127.0.0.1:0", "--datastore", datastore, "--token", token];
+  for (const p of peers) args.push("--peer", p);
+  const proc = spawn(process.execPath, args, {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, HOP_LOG_LEVEL: process.env["HOP_LOG_LEVEL"] ?? "warn" },
   });
@@ -62,10 +66,15 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<void> {
   const token = randomBytes(32).toString("hex");
   const agents: Agent[] = [];
   try {
-    agents.push(await startAgent("host-a", dir, token), await startAgent("host-b", dir, token));
-    for (const a of agents) say(`host agent ${a.name} on ${a.url}`);
-    const [a, b] = agents.map((x) => new HostClient(x.url, token));
-    if (a === undefined || b === undefined) throw new Error("agents missing");
+    // host-b first, so host-a can be told where it is; host-a's address goes to host-b through a URL in each migrate call.
+    const datastore = join(dir, "datastore");
+    const agentB = await startAgent("host-b", datastore, token);
+    agents.push(agentB);
+    const agentA = await startAgent("host-a", datastore, token, [`host-b=${agentB.url}`]);
+    agents.push(agentA);
+    for (const x of [agentA, agentB]) say(`host agent ${x.name} on ${x.url}`);
+    const a = new HostClient(agentA.url, token);
+    const b = new HostClient(agentB.url, token);
 
     await a.create({ name: "demo1", memoryMiB: 128, ip: "10.99.0.10/24", diskMiB: 32 });
     say("starting VM demo1 on host-a (the first start of this hardware profile boots a template once)...");
@@ -98,12 +107,12 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<void> {
     const disk = await a.exec("demo1", "echo written-at-$(date +%s) > /data/demo.txt && sync && df -h /data | tail -1");
     say(`\ndata disk: ${disk.stdout.trim()}`);
     say(`guest network: ${(await a.exec("demo1", "ip -4 -o addr show eth0")).stdout.trim()}`);
-    const hb = await b.health();
-    say(`host-b is up with ${hb.vms} VM(s): ready to receive migrations.`);
+
+    const where = await migrationTour(say, { a: { client: a, url: agentA.url }, b: { client: b, url: agentB.url } });
 
     if (opts.keep !== true) {
       say("\nshutting demo1 down through its guest agent...");
-      const off = await a.shutdown("demo1", { timeoutMs: 20_000 });
+      const off = await where.shutdown("demo1", { timeoutMs: 20_000 });
       say(`demo1 is ${off.state}`);
     }
     say("demo done.");
@@ -111,6 +120,117 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<void> {
     await Promise.all(agents.map(stopAgent));
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+interface Side {
+  client: HostClient;
+  url: string;
+}
+
+/**
+ * Moves demo1 back and forth (three live migrations, then one quick migration) while a client
+ * keeps asking the VM's TCP service (kvd, through the guest agent of whichever host runs the
+ * VM) and the guest prints a heartbeat every 10 ms on its serial console; then prints what the
+ * client saw next to what the hosts measured. Returns the client of the host the VM ends on.
+ */
+async function migrationTour(say: (s: string) => void, hosts: { a: Side; b: Side }): Promise<HostClient> {
+  say("\n-- moving demo1 while a client talks to it --");
+  let here: "a" | "b" = "a";
+  const other = (h: "a" | "b"): "a" | "b" => (h === "a" ? "b" : "a");
+  // Heartbeats from the consoles of both hosts (a host's console stream opens once the VM is there).
+  const beats: { seq: number; at: number }[] = [];
+  const sockets: WebSocket[] = [];
+  const watchConsole = (side: Side): void => {
+    const ws = side.client.console("demo1");
+    let partial = "";
+    ws.on("message", (data: Buffer, isBinary: boolean) => {
+      if (!isBinary) return;
+      const now = performance.now();
+      const lines = (partial + data.toString("latin1")).split("\n");
+      partial = lines.pop() ?? "";
+      for (const l of lines) {
+        const m = /HB (\d+)/.exec(l);
+        if (m?.[1] !== undefined) beats.push({ seq: Number(m[1]), at: now });
+      }
+    });
+    ws.on("error", () => undefined);
+    sockets.push(ws);
+  };
+  for (const side of [hosts.a, hosts.b]) {
+    const ev = side.client.events();
+    ev.on("message", (data: Buffer) => {
+      const e = JSON.parse(data.toString("utf8")) as { type: string; vm?: string; state?: string };
+      if (e.type === "vm.state" && e.vm === "demo1" && e.state === "incoming") watchConsole(side);
+    });
+    ev.on("error", () => undefined);
+    sockets.push(ev);
+    await waitOpen(ev);
+  }
+  watchConsole(hosts.a);
+  await hosts.a.client.exec("demo1", "hb -i 10 > /dev/ttyS0 2>&1 &");
+
+  // The client: INCR every 20 ms, on whichever host answers for the VM.
+  const replies: { at: number; ms: number; value: number }[] = [];
+  let failures = 0;
+  let running = true;
+  const client = (async () => {
+    while (running) {
+      const t0 = performance.now();
+      try {
+        const r = await hosts[here].client.exec("demo1", "kvc 127.0.0.1 7000 INCR clicks", { timeoutMs: 10_000 });
+        const m = /VALUE (\d+)/.exec(r.stdout);
+        if (m?.[1] !== undefined) replies.push({ at: performance.now(), ms: performance.now() - t0, value: Number(m[1]) });
+      } catch {
+        // The VM moved under the request: ask the other host.
+        failures++;
+        here = other(here);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 1500));
+
+  const rows: string[][] = [["move", "mode", "total ms", "pause on hosts ms", "longest heartbeat silence ms", "client replies", "slowest reply ms", "counter"]];
+  const moves: { to: "a" | "b"; mode: "live" | "quick" }[] = [
+    { to: "b", mode: "live" },
+    { to: "a", mode: "live" },
+    { to: "b", mode: "live" },
+    { to: "a", mode: "quick" },
+  ];
+  for (const move of moves) {
+    const from = other(move.to);
+    const t0 = performance.now();
+    const r0 = replies.length;
+    const report = await hosts[from].client.migrate("demo1", { to: hosts[move.to].url, mode: move.mode });
+    here = move.to;
+    await new Promise((r) => setTimeout(r, 1000));
+    const window = beats.filter((x) => x.at >= t0 - 100);
+    let silence = 0;
+    for (let i = 1; i < window.length; i++) silence = Math.max(silence, window[i]!.at - window[i - 1]!.at);
+    const seen = replies.slice(r0);
+    const values = seen.map((x) => x.value);
+    const inOrder = values.every((v, i) => i === 0 || v === values[i - 1]! + 1);
+    rows.push([
+      `host-${from} -> host-${move.to}`,
+      move.mode,
+      report.totalMs.toFixed(0),
+      report.downtimeMs.toFixed(1),
+      silence.toFixed(0),
+      String(seen.length),
+      Math.max(0, ...seen.map((x) => x.ms)).toFixed(0),
+      values.length > 0 ? `${values[0]}..${values[values.length - 1]}${inOrder ? "" : " (gap!)"}` : "-",
+    ]);
+  }
+  running = false;
+  await client;
+  const seqs = beats.map((x) => x.seq);
+  const holes = seqs.filter((v, i) => i > 0 && v !== seqs[i - 1]! + 1).length;
+  for (const ws of sockets) ws.close();
+  say(table(rows));
+  say(`heartbeats: ${beats.length} received, ${holes === 0 ? "sequence continuous (no beat lost or repeated)" : `${holes} breaks in the sequence`}`);
+  say(`client: ${replies.length} replies, counter ${replies[0]?.value ?? "-"}..${replies[replies.length - 1]?.value ?? "-"}, ${failures} request(s) re-sent to the new host after a move`);
+  say(`guest clock after the moves: ${(await hosts[here].client.exec("demo1", "date -u +%H:%M:%S")).stdout.trim()} (host: ${new Date().toISOString().slice(11, 19)})`);
+  return hosts[here].client;
 }
 
 export function register(program: Command): void {

@@ -1,7 +1,7 @@
 import { createRequire } from "node:module";
 import { V86 } from "v86";
 import { EngineInitError, EngineStateError } from "./errors.js";
-import { cpuOf, installIdleClamp, keepingRam, ramView, selfTest, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+import { cpuOf, installIdleScheduler, keepingRam, ramView, selfTest, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
 
 const require = createRequire(import.meta.url);
 const wasmPath = require.resolve("v86/build/v86.wasm");
@@ -92,7 +92,7 @@ export class Engine {
       throw new EngineInitError((err as Error).message, err);
     }
     selfTest(emu, options.memoryMiB * 1024 * 1024);
-    installIdleClamp(emu);
+    installIdleScheduler(emu);
     return new Engine(emu, options);
   }
 

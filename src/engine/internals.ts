@@ -22,7 +22,6 @@ export interface V86Cpu {
   is_memory_zeroed: (addr: number, length: number) => boolean;
   unpack_memory: (bitmap: unknown, packed: unknown) => void;
   instruction_counter: Uint32Array | Float64Array;
-  in_hlt: Uint8Array;
   devices: { virtio_net?: { mac: Uint8Array }; ne2k?: { mac: Uint8Array } };
 }
 
@@ -90,7 +89,6 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
   if (typeof cpu.is_memory_zeroed !== "function") throw new EngineSelfTestError("cpu.is_memory_zeroed is not a function");
   if (typeof cpu.unpack_memory !== "function") throw new EngineSelfTestError("cpu.unpack_memory is not a function");
   if (typeof emulator.bus?.send !== "function") throw new EngineSelfTestError("emulator.bus is missing");
-  if (typeof cpu.in_hlt?.[0] !== "number") throw new EngineSelfTestError("cpu.in_hlt is missing");
   if (typeof emulator.v86.yield !== "function" || typeof emulator.v86.yield_callback !== "function") {
     throw new EngineSelfTestError("the emulator's yield/yield_callback scheduler hooks are missing");
   }
@@ -99,17 +97,26 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
 }
 
 /**
- * v86's Node scheduler re-enters its main loop with setImmediate whenever the next timer is
- * due in under 1 ms, including while the guest is halted: an idle guest then spins a core
- * (measured: ~27% of a core per idle VM). While the CPU is halted, wait at least 1 ms instead
- * (measured: ~10%); an interrupt is delivered at most ~1 ms late, only when the guest was idle.
+ * Idle scheduling. After each main-loop slice v86 calls `yield(t, tick)`: `t` is 0 when the CPU
+ * should run again at once (its time slice ran out, a device interrupt ended a HLT, or `run()`),
+ * and > 0 only while the guest is halted, as the ms until the next PIT/RTC/ACPI/APIC timer event.
+ * v86's Node scheduler then uses setTimeout(t), but Node's timers have 1 ms granularity and a
+ * fractional delay fires up to 1 ms early: the main loop finds the timer not yet due and waits
+ * again, so an idle guest (a 250 Hz tick) was woken ~470 times/s, and each wake-up of an idle
+ * process costs ~50-100 us of CPU on its own (measured: ~27% of a core per idle VM with v86's
+ * setImmediate for t < 1; ~12% with a 1 ms minimum).
+ *
+ * While halted, sleep until the next timer event is due, rounded up to whole milliseconds: one
+ * wake-up per guest timer interrupt (~250/s), which arrives < ~1 ms late (p50 ~0.5 ms). A device
+ * interrupt (serial input, a network frame) still wakes the halted guest at once. `t` is used
+ * rather than `cpu.in_hlt`: that view is a Proxy that builds a typed array on every read.
  */
-export function installIdleClamp(emulator: V86Emulator): void {
+export function installIdleScheduler(emulator: V86Emulator): void {
   const v86 = emulator.v86;
   const original = v86.yield.bind(v86);
-  const cpu = v86.cpu;
+  const callback = (tick: number): void => v86.yield_callback(tick);
   v86.yield = (t: number, tick: number): void => {
-    if (t < 1 && cpu.in_hlt[0] === 1) setTimeout(() => v86.yield_callback(tick), 1);
+    if (t > 0) setTimeout(callback, Math.ceil(t), tick);
     else original(t, tick);
   };
 }

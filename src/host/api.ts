@@ -307,6 +307,7 @@ export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrat
   });
 }
 
+const commitSchema = z.object({ statePath: z.string().min(1).max(1024) }).strict();
 const migrationIdParam = z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, "must be a migration id");
 
 /** Suspend, migrate (source side) and the host-to-host migration calls (target side). */
@@ -321,6 +322,9 @@ function registerMigrationRoutes(app: FastifyInstance, m: MigrationService): voi
   app.get("/v1/migrations", async () => ({ migrations: m.migrationsInProgress() }));
   app.post<{ Params: { id: string } }>("/v1/migrations/:id/cancel", async (req) => m.cancelMigration(parseInput(migrationIdParam, req.params.id, "id")));
   app.post("/v1/migrations/incoming", async (req): Promise<IncomingTicket> => m.prepareIncoming((req.body ?? {}) as never));
+  app.post<{ Params: { id: string } }>("/v1/migrations/incoming/:id/commit", async (req): Promise<IncomingTicket> =>
+    m.commitIncoming(parseInput(migrationIdParam, req.params.id, "id"), parseInput(commitSchema, req.body ?? {}, "body")),
+  );
   app.delete<{ Params: { id: string } }>("/v1/migrations/incoming/:id", async (req, reply) => {
     await m.abortIncoming(parseInput(migrationIdParam, req.params.id, "id"));
     return reply.code(204).send();

@@ -156,6 +156,10 @@ export class HostClient {
     return this.call<IncomingTicket>("POST", "/v1/migrations/incoming", req, timeoutMs);
   }
 
+  commitIncoming(migrationId: string, statePath: string, timeoutMs = 120_000): Promise<IncomingTicket> {
+    return this.call<IncomingTicket>("POST", `/v1/migrations/incoming/${enc(migrationId)}/commit`, { statePath }, timeoutMs);
+  }
+
   async abortIncoming(migrationId: string): Promise<void> {
     await this.call<undefined>("DELETE", `/v1/migrations/incoming/${enc(migrationId)}`, undefined, 10_000);
   }
@@ -264,6 +268,9 @@ export class HttpMigrationPeer implements MigrationPeer {
   }
   prepareIncoming(req: IncomingRequest): Promise<IncomingTicket> {
     return this.client.prepareIncoming(req);
+  }
+  commitIncoming(migrationId: string, statePath: string): Promise<IncomingTicket> {
+    return this.client.commitIncoming(migrationId, statePath);
   }
   abortIncoming(migrationId: string): Promise<void> {
     return this.client.abortIncoming(migrationId);

@@ -37,6 +37,7 @@ function resolver(to: string): MigrationPeer {
   return {
     url: peer.url,
     abortIncoming: (id) => peer.abortIncoming(id),
+    commitIncoming: (id, path) => peer.commitIncoming(id, path),
     fenceIncoming: (id) => peer.fenceIncoming(id),
     prepareIncoming: async (req) => {
       const ticket = await peer.prepareIncoming(req);

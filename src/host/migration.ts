@@ -59,8 +59,6 @@ export const incomingRequestSchema = z
     /** The source's datastore id: the VM's files must be on a datastore this host shares. */
     datastoreId: z.string().min(1).max(200),
     verifyRam: z.boolean().optional(),
-    /** Quick migration: the saved state, relative to the shared datastore. */
-    statePath: z.string().min(1).max(1024).optional(),
   })
   .strict();
 export type IncomingRequest = z.input<typeof incomingRequestSchema>;
@@ -81,6 +79,8 @@ export interface MigrationPeer {
   prepareIncoming(req: IncomingRequest): Promise<IncomingTicket>;
   /** Drop a prepared migration (its VM never runs). Idempotent. */
   abortIncoming(migrationId: string): Promise<void>;
+  /** Quick migration, phase two: restore the saved state (relative to the shared datastore) and run. */
+  commitIncoming(migrationId: string, statePath: string): Promise<IncomingTicket>;
   /** After an ambiguous end: "resumed" if the VM runs there; otherwise it is fenced and "aborted". */
   fenceIncoming(migrationId: string): Promise<IncomingOutcome>;
 }

@@ -21,7 +21,7 @@ import { defaultProfile, imagePaths, TemplateStore } from "./templates.js";
 import type { ConsoleStream, ExecResult, HostEvent, Supervisor, VmInfo } from "./types.js";
 import { forkVmProcess, VmProcessHandle } from "./vmproc.js";
 import type { ChildProcess } from "node:child_process";
-import type { z } from "zod";
+import { z } from "zod";
 
 function ms(t0: number): number {
   return round2(performance.now() - t0);
@@ -409,7 +409,7 @@ export class LocalSupervisor implements Supervisor {
     this.transition(rec, "suspend");
     try {
       if (wasRunning) await proc.request({ op: "pause" });
-      await proc.request({ op: "saveState", path: this.datastore.resolvePath(this.suspendPath(name)), header: await this.stateHeader(rec, "suspend") }, 120_000);
+      await proc.request({ op: "saveState", path: this.datastore.resolvePath(this.suspendPath(name)), header: await this.stateHeader(rec, "suspend"), ramPages: true }, 120_000);
     } catch (err) {
       // Nothing was lost: the VM carries on as it was.
       if (wasRunning) await proc.request({ op: "resume" }).catch(() => undefined);
@@ -482,24 +482,19 @@ export class LocalSupervisor implements Supervisor {
     try {
       const base = await this.baseInit(config);
       if (r.mode === "quick") {
-        if (r.statePath === undefined) throw new HopError("BAD_REQUEST", "a quick migration needs statePath", { status: 400 });
-        const proc = new VmProcessHandle({ ...base, start: { mode: "resume", statePath: this.datastore.resolvePath(r.statePath) } }, this.takeSpare());
+        // Phase one: a VM process with its engine ready, waiting for the saved state (commitIncoming).
+        const proc = new VmProcessHandle({ ...base, start: { mode: "awaitState" } }, this.takeSpare());
         entry.proc = proc;
         this.attach(rec, proc);
-        const ready = await this.waitReady(proc, config.name);
-        // Fenced while it started? Then it must not run.
-        if (entry.outcome !== "pending") {
-          rec.expectingExit = true;
-          await this.hardStop(proc);
-          throw new HopError("MIGRATION_FENCED", `migration ${r.migrationId} was fenced while the VM started`, { status: 409 });
-        }
-        entry.outcome = "resumed";
-        await this.datastore.saveVmConfig(config.name, config);
-        rec.startMs = ready.startMs;
-        rec.startPhases = ready.phases;
-        this.transition(rec, "started");
-        this.emit({ type: "vm.created", vm: config.name, at: new Date().toISOString() });
-        return { host: this.hostName, restoreMs: (ready.phases["restore"] ?? 0) + (ready.phases["engine+read"] ?? 0) };
+        proc.on("exit", () => {
+          if (entry.outcome === "pending") entry.outcome = "aborted";
+          dropRecord();
+        });
+        await new Promise<void>((resolve, reject) => {
+          proc.once("prepared", () => resolve());
+          proc.once("exit", () => reject(new HopError(proc.fatalError?.code ?? "MIGRATION_PREPARE_FAILED", `preparing VM '${config.name}' failed: ${proc.fatalError?.message ?? "its process exited"}`, { status: 500 })));
+        });
+        return { host: this.hostName };
       }
       if (this.migrationAddr === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} has no migration listener`, { status: 409 });
       const proc = new VmProcessHandle(
@@ -536,6 +531,37 @@ export class LocalSupervisor implements Supervisor {
         await this.hardStop(rec.proc);
       }
       dropRecord();
+      throw err;
+    }
+  }
+
+  /** Phase two of a quick migration: restore the saved state (on the shared datastore) and run the VM here. */
+  async commitIncoming(migrationId: string, body: { statePath?: unknown }): Promise<IncomingTicket> {
+    const statePath = parseInput(z.string().min(1).max(1024), body.statePath, "statePath");
+    const entry = this.incoming.get(migrationId);
+    if (entry === undefined) throw new HopError("MIGRATION_NOT_FOUND", `no migration ${migrationId} was prepared on host ${this.hostName}`, { status: 404 });
+    const proc = entry.proc;
+    const rec = this.vms.get(entry.name);
+    if (entry.outcome !== "pending" || proc === undefined || proc.exited || rec === undefined || rec.state !== "incoming") {
+      throw new HopError("MIGRATION_FENCED", `migration ${migrationId} is ${entry.outcome} here and cannot be resumed`, { status: 409 });
+    }
+    try {
+      const r = await proc.request<{ phases: Record<string, number> }>({ op: "resumeFrom", statePath: this.datastore.resolvePath(statePath) }, 120_000);
+      // Fenced while it restored? Then it must not run.
+      if (entry.outcome !== "pending") throw new HopError("MIGRATION_FENCED", `migration ${migrationId} was fenced while the VM was restored`, { status: 409 });
+      entry.outcome = "resumed";
+      await this.datastore.saveVmConfig(rec.config.name, rec.config);
+      rec.startPhases = r.phases;
+      this.transition(rec, "started");
+      this.emit({ type: "vm.created", vm: rec.config.name, at: new Date().toISOString() });
+      return { host: this.hostName, restoreMs: (r.phases["read"] ?? 0) + (r.phases["restore"] ?? 0) };
+    } catch (err) {
+      if (entry.outcome !== "resumed") {
+        entry.outcome = "aborted";
+        rec.expectingExit = true;
+        proc.kill();
+        await proc.waitExit(5_000);
+      }
       throw err;
     }
   }
@@ -694,37 +720,47 @@ export class LocalSupervisor implements Supervisor {
       await rm(abs, { force: true });
       throw new HopError((err as HopError).code ?? "MIGRATION_FAILED", `quick migration of VM '${name}' failed; it carries on here: ${(err as Error).message}`, { status: (err as HopError).status ?? 500, cause: err });
     };
+    // Prepare the target first (its VM process and engine ready), while the VM still runs here.
+    let ticket: IncomingTicket;
+    try {
+      ticket = await peer.prepareIncoming({ migrationId, mode: "quick", source: this.hostName, config: rec.config, datastoreId: this.datastore.id });
+    } catch (err) {
+      this.transition(rec, "migrateFailed");
+      if (!wasRunning) this.setState(rec, "paused");
+      peer.abortIncoming(migrationId).catch(() => undefined);
+      throw new HopError((err as HopError).code ?? "MIGRATION_PREPARE_FAILED", `preparing the target for VM '${name}' failed: ${(err as Error).message}`, { status: (err as HopError).status ?? 502, cause: err });
+    }
     const pausedAt = performance.now();
     try {
       if (wasRunning) await proc.request({ op: "pause" });
     } catch (err) {
+      peer.abortIncoming(migrationId).catch(() => undefined);
       return resumeHere(err);
     }
     const stopped = performance.now();
     let stateBytes: number;
     try {
-      const saved = await proc.request<{ bytes: number }>({ op: "saveState", path: abs, header: await this.stateHeader(rec, "quick-migration") }, 120_000);
+      const saved = await proc.request<{ bytes: number }>({ op: "saveState", path: abs, header: await this.stateHeader(rec, "quick-migration"), ramPages: true, durable: false }, 120_000);
       stateBytes = saved.bytes;
     } catch (err) {
+      peer.abortIncoming(migrationId).catch(() => undefined);
       return resumeHere(err);
     }
     const savedAt = performance.now();
-    let ticket: IncomingTicket;
     try {
-      ticket = await peer.prepareIncoming({ migrationId, mode: "quick", source: this.hostName, config: rec.config, datastoreId: this.datastore.id, statePath: rel });
+      ticket = await peer.commitIncoming(migrationId, rel);
     } catch (err) {
       if (err instanceof ApiError) {
-        // The target answered: its VM does not run.
+        // The target answered: its VM does not run (it discarded it).
         return resumeHere(err);
       }
       const outcome = await this.resolveOutcome(peer, migrationId);
       if (outcome === "aborted") return resumeHere(err);
       if (outcome !== "resumed") {
         rec.lastError = `quick migration ${migrationId}: outcome unknown; the VM stays paused until the target answers`;
-        this.retryOutcome(rec, proc, peer, migrationId, "?");
+        this.retryOutcome(rec, proc, peer, migrationId, ticket.host);
         throw new HopError("MIGRATION_OUTCOME_UNKNOWN", rec.lastError, { status: 504, cause: err });
       }
-      ticket = { host: "target" };
     }
     const running = performance.now();
     await this.release(rec, proc, ticket.host, migrationId);

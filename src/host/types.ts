@@ -78,6 +78,7 @@ export interface MigrationService {
   cancelMigration(migrationId: string): Promise<{ cancelled: boolean }>;
   migrationsInProgress(): { migrationId: string; vm: string }[];
   prepareIncoming(body: IncomingRequest): Promise<IncomingTicket>;
+  commitIncoming(migrationId: string, body: { statePath?: unknown }): Promise<IncomingTicket>;
   abortIncoming(migrationId: string): Promise<void>;
   fenceIncoming(migrationId: string): Promise<IncomingOutcome>;
 }

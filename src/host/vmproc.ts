@@ -115,6 +115,9 @@ export class VmProcessHandle extends EventEmitter {
       case "migration":
         this.emit("migration", msg);
         return;
+      case "prepared":
+        this.emit("prepared");
+        return;
       case "migratedIn":
         this.emit("migratedIn", msg);
         return;

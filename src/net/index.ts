@@ -90,6 +90,7 @@ export {
   VXLAN_PORT,
   VXLAN_HEADER_BYTES,
   VXLAN_FLAG_I,
+  VXLAN_FLAG_FORWARDED,
   VXLAN_OVERHEAD_BYTES,
   encodeVxlan,
   decodeVxlan,
@@ -103,3 +104,4 @@ export { AddressPool, parseCidr, cidrContains, type Cidr, type IpamConfig, type 
 export { LinuxVxlanDevice, attachLinuxVxlan, type LinuxVxlanOptions, type FdbEntry } from "./linux.js";
 export { NetnsHarness, withHarness, isRoot, skipReasonUnlessRoot, type HarnessOptions, type HarnessHost, type ShapeOptions, type HostRef } from "./netns.js";
 export { GuestResponder, RecordingPort, FakeClock, type ResponderStats } from "./testing.js";
+export { LinuxGateway, attachLinuxGateway, type LinuxGatewayOptions, type GatewayCounters } from "./gateway.js";

@@ -1,7 +1,7 @@
 /**
  * Multi-host test harness: N "hosts" as Linux network namespaces, each with one veth link to a
- * bridge in the root namespace, addresses 10.x.y.N/24 (the bridge has 10.x.y.254 so processes in
- * the root namespace reach them). Commands and long-running processes (host agents) run inside a
+ * bridge in the root namespace, addresses 10.x.y.N/24 (the bridge has 10.x.y.254, and optionally
+ * .253, … so processes in the root namespace reach them). Commands and long-running processes (host agents) run inside a
  * host with exec()/spawn(); a host's link can be shaped with tc (netem delay/loss, tbf rate).
  *
  * teardown() kills what spawn() started, deletes the namespaces, links and bridge; it is
@@ -30,8 +30,11 @@ export interface HarnessOptions {
   prefix?: string;
   /** A /24 for the underlay (default: a random 10.x.y.0/24 no route or address of this machine overlaps). */
   subnet?: string;
-  /** Give the bridge (root namespace) the .254 address (default true). */
-  rootAddress?: boolean;
+  /**
+   * Addresses the bridge gets in the root namespace: .254, .253, … (default 1; 0 for none). Each
+   * can host one more VTEP of the same UDP port in the root namespace (a "host" without a namespace).
+   */
+  rootAddresses?: number;
 }
 
 export interface HarnessHost {
@@ -139,18 +142,21 @@ export class NetnsHarness {
   /** The underlay /24, e.g. "10.213.7.0/24". */
   readonly subnet: string;
   readonly bridge: string;
-  /** The bridge's address in the root namespace (10.x.y.254), if it has one. */
+  /** The bridge's first address in the root namespace (10.x.y.254), if it has one. */
   readonly rootAddress: string | undefined;
+  /** All of the bridge's addresses: 10.x.y.254, .253, … */
+  readonly rootAddresses: readonly string[];
   readonly hosts: HarnessHost[] = [];
   private readonly created: Created = { netns: [], links: [] };
   private readonly children = new Set<ChildProcess>();
   private tornDown = false;
 
-  private constructor(prefix: string, subnet: string, rootAddress: string | undefined) {
+  private constructor(prefix: string, subnet: string, rootAddresses: string[]) {
     this.prefix = prefix;
     this.subnet = subnet;
     this.bridge = `${prefix}-br`;
-    this.rootAddress = rootAddress;
+    this.rootAddresses = rootAddresses;
+    this.rootAddress = rootAddresses[0];
   }
 
   /** Creates the namespaces, bridge and links; on a failure everything created so far is removed. */
@@ -165,14 +171,16 @@ export class NetnsHarness {
     if (m === null) throw new HarnessError("setup", `subnet '${subnet}' must be a /24 like 10.213.7.0/24`);
     subnet = `${m[1]!}.0/24`;
     const net = m[1]!;
-    const rootAddress = opts.rootAddress === false ? undefined : `${net}.254`;
-    const h = new NetnsHarness(prefix, subnet, rootAddress);
+    const nRoot = opts.rootAddresses ?? 1;
+    if (!Number.isInteger(nRoot) || nRoot < 0 || nRoot + opts.hosts > 253) throw new HarnessError("setup", `rootAddresses ${nRoot} is outside 0..${253 - opts.hosts}`);
+    const rootAddresses = Array.from({ length: nRoot }, (_, i) => `${net}.${254 - i}`);
+    const h = new NetnsHarness(prefix, subnet, rootAddresses);
     live.add(h);
     installHooks();
     try {
       await h.ip(["link", "add", h.bridge, "type", "bridge"]);
       h.created.links.push(h.bridge);
-      if (rootAddress !== undefined) await h.ip(["addr", "add", `${rootAddress}/24`, "dev", h.bridge]);
+      for (const a of rootAddresses) await h.ip(["addr", "add", `${a}/24`, "dev", h.bridge]);
       await h.ip(["link", "set", h.bridge, "up"]);
       for (let i = 1; i <= opts.hosts; i++) {
         const host: HarnessHost = { index: i, name: `h${i}`, netns: `${prefix}-h${i}`, address: `${net}.${i}`, device: "eth0", peerDevice: `${prefix}-v${i}` };

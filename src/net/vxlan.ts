@@ -19,13 +19,20 @@ export const VXLAN_PORT = 4789;
 export const VXLAN_HEADER_BYTES = 8;
 /** The I flag: "the VNI is valid", the one flag RFC 7348 defines. */
 export const VXLAN_FLAG_I = 0x08;
+/**
+ * Hopvisor extension, in a bit RFC 7348 reserves (flags bit 7, 0x01): "forwarded by a migration
+ * source". The target does not learn the inner source MAC from such a packet (the sender is not
+ * behind the forwarding VTEP). Only ever sent to Hopvisor VTEPs (forwardPort targets): Linux
+ * drops VXLAN packets with reserved bits set.
+ */
+export const VXLAN_FLAG_FORWARDED = 0x01;
 /** Underlay bytes added around an inner frame: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8. */
 export const VXLAN_OVERHEAD_BYTES = 50;
 
-/** Header + inner frame. Reserved bits are zero (RFC 7348 section 5). */
-export function encodeVxlan(vni: number, frame: Uint8Array): Buffer {
+/** Header + inner frame. Reserved bits are zero (RFC 7348 section 5) unless `forwarded`. */
+export function encodeVxlan(vni: number, frame: Uint8Array, forwarded = false): Buffer {
   const b = Buffer.allocUnsafe(VXLAN_HEADER_BYTES + frame.length);
-  b.writeUInt32BE(VXLAN_FLAG_I << 24, 0);
+  b.writeUInt32BE((VXLAN_FLAG_I | (forwarded ? VXLAN_FLAG_FORWARDED : 0)) << 24, 0);
   b.writeUInt32BE(((vni & MAX_VNI) << 8) >>> 0, 4);
   b.set(frame, VXLAN_HEADER_BYTES);
   return b;
@@ -35,12 +42,12 @@ export function encodeVxlan(vni: number, frame: Uint8Array): Buffer {
  * Checks and splits a VXLAN packet. The I flag must be set; the other flag and reserved bits are
  * ignored on receipt, as the RFC says. The inner frame must hold an Ethernet header.
  */
-export function decodeVxlan(packet: Uint8Array): { vni: number; frame: Buffer } {
+export function decodeVxlan(packet: Uint8Array): { vni: number; frame: Buffer; forwarded: boolean } {
   const b = Buffer.isBuffer(packet) ? packet : Buffer.from(packet.buffer, packet.byteOffset, packet.byteLength);
   if (b.length < VXLAN_HEADER_BYTES) throw new VxlanDecodeError("short", `${b.length} bytes is shorter than the 8-byte header`);
   if ((b[0]! & VXLAN_FLAG_I) === 0) throw new VxlanDecodeError("flags", `flags 0x${b[0]!.toString(16).padStart(2, "0")} lack the I flag (0x08)`);
   if (b.length < VXLAN_HEADER_BYTES + ETH_HEADER_BYTES) throw new VxlanDecodeError("inner-short", `inner frame of ${b.length - VXLAN_HEADER_BYTES} bytes is shorter than an Ethernet header`);
-  return { vni: b.readUIntBE(4, 3), frame: b.subarray(VXLAN_HEADER_BYTES) };
+  return { vni: b.readUIntBE(4, 3), frame: b.subarray(VXLAN_HEADER_BYTES), forwarded: (b[0]! & VXLAN_FLAG_FORWARDED) !== 0 };
 }
 
 export interface RemoteVtep {
@@ -82,6 +89,11 @@ export interface VtepOptions {
   maxMacsPerVni?: number;
   /** Drop packets whose source address is not a remote of the packet's VNI (default false: accept any, like Linux). */
   strictRemotes?: boolean;
+  /**
+   * Socket receive and send buffer sizes (default 4 MiB; the kernel caps them at
+   * net.core.rmem_max / wmem_max). Bursts beyond the receive buffer are dropped by the kernel.
+   */
+  socketBufferBytes?: number;
   now?: () => number;
   log?: Logger;
 }
@@ -110,6 +122,10 @@ export interface VtepCounters {
   sendErrors: number;
   /** Remote MACs learned or moved to another VTEP. */
   learned: number;
+  /** Frames sent to a migration target (forwardPort), flagged forwarded. */
+  forwardedOut: number;
+  /** Flagged forwarded frames received (not learned from). */
+  forwardedIn: number;
 }
 
 interface Learned {
@@ -154,6 +170,8 @@ export class Vtep {
     unknownRemote: 0,
     sendErrors: 0,
     learned: 0,
+    forwardedOut: 0,
+    forwardedIn: 0,
   };
   private readonly onSent = (err: Error | null): void => {
     if (err !== null) {
@@ -194,6 +212,13 @@ export class Vtep {
     } catch (err) {
       sock.close();
       throw new VtepBindError(opts.address, port, err);
+    }
+    const bufferBytes = opts.socketBufferBytes ?? 4 * 1024 * 1024;
+    try {
+      sock.setRecvBufferSize(bufferBytes);
+      sock.setSendBufferSize(bufferBytes);
+    } catch {
+      // Kept at the system default; only bursts suffer.
     }
     return new Vtep(sock, opts.address, sock.address().port, opts);
   }
@@ -333,7 +358,8 @@ export class Vtep {
       this.c.sendErrors++;
       return;
     }
-    this.send(encodeVxlan(st.vni, frame), r);
+    this.c.forwardedOut++;
+    this.send(encodeVxlan(st.vni, frame, true), r);
   }
 
   private send(packet: Buffer, r: RemoteVtep): void {
@@ -352,8 +378,9 @@ export class Vtep {
     this.c.rxBytes += msg.length;
     let vni: number;
     let frame: Buffer;
+    let forwarded: boolean;
     try {
-      ({ vni, frame } = decodeVxlan(msg));
+      ({ vni, frame, forwarded } = decodeVxlan(msg));
     } catch (err) {
       this.c.malformed++;
       const reason = err instanceof VxlanDecodeError ? err.reason : "short";
@@ -374,6 +401,12 @@ export class Vtep {
     }
     if (isMulticastMac(frame, 6)) {
       this.c.badInnerSource++;
+      return;
+    }
+    if (forwarded) {
+      // Forwarded by a migration source: the sender is not behind that VTEP, do not learn.
+      this.c.forwardedIn++;
+      st.ingress(frame);
       return;
     }
     const src = macKey(frame, 6);

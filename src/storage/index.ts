@@ -5,6 +5,8 @@ export {
   StateFileError,
   STATE_FORMAT_VERSION,
   encodeStateFile,
+  encodeRamPagesPayload,
+  decodeRamPagesPayload,
   decodeStateFile,
   writeStateFile,
   readStateFile,

@@ -31,6 +31,63 @@ export interface StateHeader {
   createdAt: string;
   /** Guest wall clock (unix ms) at the moment the state was saved. */
   savedAtMs: number;
+  /**
+   * How the payload holds RAM: "engine" (absent): the engine's own state, RAM included;
+   * "pages": the engine's state without RAM, then a bitmap and the non-zero pages (see below).
+   */
+  ram?: "engine" | "pages";
+}
+
+/**
+ * The "pages" payload: u32 LE state length S | S bytes engine state without RAM |
+ * u32 LE page size | u32 LE page count N | ceil(N/8) bytes bitmap (bit i of byte i>>3, LSB first:
+ * page i is non-zero) | the non-zero pages in ascending order. Saving it needs no copy of RAM
+ * (the pages are written straight from the paused guest's memory).
+ */
+export function encodeRamPagesPayload(state: Uint8Array, ram: Uint8Array, pageSize = 4096): Buffer[] {
+  if (ram.length % pageSize !== 0) throw new RangeError(`RAM of ${ram.length} bytes is not a whole number of ${pageSize}-byte pages`);
+  const count = ram.length / pageSize;
+  const head = Buffer.alloc(4 + state.length + 8 + Math.ceil(count / 8));
+  head.writeUInt32LE(state.length, 0);
+  head.set(state, 4);
+  let at = 4 + state.length;
+  head.writeUInt32LE(pageSize, at);
+  head.writeUInt32LE(count, at + 4);
+  at += 8;
+  const mem = Buffer.from(ram.buffer, ram.byteOffset, ram.byteLength);
+  const zero = Buffer.alloc(pageSize);
+  const parts: Buffer[] = [head];
+  for (let i = 0; i < count; i++) {
+    const page = mem.subarray(i * pageSize, (i + 1) * pageSize);
+    if (page.equals(zero)) continue;
+    head[at + (i >> 3)]! |= 1 << (i & 7);
+    parts.push(page);
+  }
+  return parts;
+}
+
+/** Writes the pages of a "pages" payload into `ram` (zero pages are left as they are) and returns the engine state. */
+export function decodeRamPagesPayload(payload: Buffer, ram: Uint8Array, source = "state file"): Buffer {
+  const bad = (why: string): StateFileError => new StateFileError("STATEFILE_CORRUPT", `${source}: ${why}`);
+  if (payload.length < 12) throw bad("RAM payload too short");
+  const stateLen = payload.readUInt32LE(0);
+  let at = 4 + stateLen;
+  if (at + 8 > payload.length) throw bad("engine state length out of range");
+  const state = payload.subarray(4, at);
+  const pageSize = payload.readUInt32LE(at);
+  const count = payload.readUInt32LE(at + 4);
+  at += 8;
+  if (pageSize === 0 || count * pageSize !== ram.length) throw bad(`RAM of ${count} x ${pageSize} bytes does not match the VM's ${ram.length} bytes`);
+  const bitmap = payload.subarray(at, at + Math.ceil(count / 8));
+  at += bitmap.length;
+  for (let i = 0; i < count; i++) {
+    if (((bitmap[i >> 3] ?? 0) & (1 << (i & 7))) === 0) continue;
+    if (at + pageSize > payload.length) throw bad("RAM pages end early");
+    ram.set(payload.subarray(at, at + pageSize), i * pageSize);
+    at += pageSize;
+  }
+  if (at !== payload.length) throw bad(`${payload.length - at} bytes after the last RAM page`);
+  return state;
 }
 
 export class StateFileError extends HopError {
@@ -39,17 +96,18 @@ export class StateFileError extends HopError {
   }
 }
 
-export function encodeStateFile(header: StateHeader, payload: Uint8Array): Buffer[] {
+export function encodeStateFile(header: StateHeader, payload: Uint8Array | readonly Uint8Array[]): Buffer[] {
   const headerBytes = Buffer.from(JSON.stringify(header), "utf8");
   const prefix = Buffer.alloc(16);
   prefix.write(STATE_MAGIC, 0, "ascii");
   prefix.writeUInt32LE(STATE_FORMAT_VERSION, 8);
   prefix.writeUInt32LE(headerBytes.length, 12);
+  const parts = (payload instanceof Uint8Array ? [payload] : [...payload]).map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p.buffer, p.byteOffset, p.byteLength)));
   const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(payload.length));
-  const body = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
-  const hash = createHash("sha256").update(prefix).update(headerBytes).update(len).update(body).digest();
-  return [prefix, headerBytes, len, body, hash];
+  len.writeBigUInt64LE(BigInt(parts.reduce((n, p) => n + p.length, 0)));
+  const hash = createHash("sha256").update(prefix).update(headerBytes).update(len);
+  for (const p of parts) hash.update(p);
+  return [prefix, headerBytes, len, ...parts, hash.digest()];
 }
 
 export function decodeStateFile(file: Buffer, source = "state file"): { header: StateHeader; payload: Buffer } {
@@ -78,15 +136,37 @@ export function decodeStateFile(file: Buffer, source = "state file"): { header: 
   return { header, payload: file.subarray(payloadStart, payloadStart + payloadLen) };
 }
 
-/** Writes atomically: a temp file is fsynced, then renamed over `path`. A full disk leaves no partial file. */
-export async function writeStateFile(path: string, header: StateHeader, payload: Uint8Array): Promise<void> {
+/**
+ * Writes atomically: a temp file, then renamed over `path`; a full disk leaves no partial file.
+ * `durable` (default true) fsyncs before the rename: a suspended VM must survive a power cut; a
+ * quick migration's state only has to reach the other host and can skip the flush to disk.
+ */
+export async function writeStateFile(path: string, header: StateHeader, payload: Uint8Array | readonly Uint8Array[], options: { durable?: boolean } = {}): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
   try {
     await mkdir(dirname(path), { recursive: true });
     const fh = await open(tmp, "w");
     try {
-      for (const part of encodeStateFile(header, payload)) await fh.write(part);
-      await fh.sync();
+      const parts = encodeStateFile(header, payload);
+      // writev takes at most IOV_MAX (1024) buffers at a time.
+      for (let i = 0; i < parts.length; i += 1024) {
+        const batch = parts.slice(i, i + 1024);
+        const want = batch.reduce((n, b) => n + b.length, 0);
+        const { bytesWritten } = await fh.writev(batch);
+        // A short write (rare on regular files): finish the batch buffer by buffer.
+        if (bytesWritten < want) {
+          let skip = bytesWritten;
+          for (const b of batch) {
+            if (skip >= b.length) {
+              skip -= b.length;
+              continue;
+            }
+            await fh.write(b.subarray(skip));
+            skip = 0;
+          }
+        }
+      }
+      if (options.durable !== false) await fh.sync();
     } finally {
       await fh.close();
     }

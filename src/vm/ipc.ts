@@ -28,6 +28,8 @@ export type VmStart =
   | { mode: "restore"; statePath: string; identity: GuestIdentity }
   /** This VM's own saved state (quick migration, resume from suspend): restore, set the clock, run. */
   | { mode: "resume"; statePath: string }
+  /** A quick migration into this process: create the engine now, restore when told (op resumeFrom). */
+  | { mode: "awaitState" }
   /** A live migration into this process: the engine waits, paused, for the connection (sent with a "socket" message). */
   | { mode: "incoming"; migrationId: string; token: string; expect: ReceiverExpect; verifyRam: boolean };
 
@@ -48,12 +50,15 @@ export type VmOp =
   | { op: "exec"; command: string; timeoutMs: number }
   | { op: "shutdown"; timeoutMs: number }
   | { op: "poweroff" }
-  | { op: "saveState"; path: string; header: Omit<StateHeader, "savedAtMs" | "createdAt" | "engine"> }
+  /** `pages`: RAM as bitmap + non-zero pages written straight from the paused guest (faster than the engine's own). */
+  | { op: "saveState"; path: string; header: Omit<StateHeader, "savedAtMs" | "createdAt" | "engine" | "ram">; ramPages?: boolean; durable?: boolean }
   | { op: "consoleWrite"; data: Buffer }
   | { op: "stats" }
   | { op: "migrateOut"; migrationId: string; from: string; to: string; address: { host: string; port: number }; token: string; config: VmMigrationConfig; options: LiveMigrationOptions }
   | { op: "migrateCancel"; migrationId: string; reason: string }
-  | { op: "fence"; migrationId: string };
+  | { op: "fence"; migrationId: string }
+  /** Mode awaitState: restore this VM's saved state (file on the datastore) and run it. */
+  | { op: "resumeFrom"; statePath: string };
 
 /** The answer to migrateOut. */
 export type MigrateOutResult =
@@ -86,6 +91,8 @@ export type ChildMessage =
   | { t: "state"; state: "running" | "paused" }
   | { t: "stopped"; reason: string }
   | { t: "migration"; progress: MigrationProgress }
+  /** Mode awaitState: the engine exists and waits for resumeFrom. */
+  | { t: "prepared" }
   /** An incoming live migration finished: the guest runs in this process now. */
   | { t: "migratedIn"; migrationId: string; info: TargetSwitchoverInfo }
   /** An incoming live migration ended without the guest running here (the process exits). */

@@ -9,7 +9,7 @@ import type { Socket } from "node:net";
 import { HopError } from "../common/errors.js";
 import { Engine, ENGINE_VERSION } from "../engine/index.js";
 import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js";
-import { FileDisk, readStateFile, writeStateFile, checkCompatible } from "../storage/index.js";
+import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
 
@@ -34,6 +34,8 @@ class VmProcess {
   private incoming: { id: string; target: LiveMigrationTarget } | undefined;
   private pendingSocket: { msg: SocketMessage; socket: Socket } | undefined;
   private outgoing: { id: string; source: LiveMigrationSource } | undefined;
+  /** Mode awaitState: the state file it was told to resume from (once). */
+  private restoredFrom: string | undefined;
   /** Set once a live migration out of this process completed: this copy must never run again. */
   private migratedAway = false;
 
@@ -124,14 +126,14 @@ class VmProcess {
       if (pending !== undefined) this.acceptSocket(pending.msg, pending.socket);
       return;
     }
+    if (start.mode === "awaitState") {
+      // Fault guest RAM in now: restoring onto it later is then a plain copy.
+      engine.ram().fill(0);
+      send({ t: "prepared" });
+      return;
+    }
     if (start.mode === "resume" && state !== undefined) {
-      checkCompatible(
-        state.header,
-        { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined },
-        start.statePath,
-      );
-      const p = state.payload;
-      await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
+      await this.restoreSaved(state, start.statePath);
       t = mark("restore", t);
       await engine.run();
       mark("resume", t);
@@ -169,6 +171,21 @@ class VmProcess {
     }
     send({ t: "ready", startMs: Math.round(performance.now() - t0), phases });
     send({ t: "state", state: "running" });
+  }
+
+  /** Restores this VM's own saved state (either RAM layout) into the engine, not yet running. */
+  private async restoreSaved(state: { header: StateHeader; payload: Buffer }, source: string): Promise<void> {
+    const engine = this.engine;
+    if (engine === undefined) throw new HopError("VM_NOT_READY", "the VM has no engine yet", { status: 409 });
+    const init = this.init;
+    checkCompatible(state.header, { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined }, source);
+    const p = state.payload;
+    if (state.header.ram === "pages") {
+      const s = decodeRamPagesPayload(p, engine.ram(), source);
+      await engine.restoreStateKeepingRam(s.buffer.slice(s.byteOffset, s.byteOffset + s.byteLength) as ArrayBuffer);
+    } else {
+      await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
+    }
   }
 
   async handle(req: VmOp): Promise<unknown> {
@@ -221,6 +238,21 @@ class VmProcess {
         if (out === undefined || out.id !== req.migrationId) throw new HopError("MIGRATION_NOT_FOUND", `no migration ${req.migrationId} is running out of this VM`, { status: 404 });
         return { cancelled: out.source.cancel(req.reason) };
       }
+      case "resumeFrom": {
+        if (this.init.start.mode !== "awaitState" || this.restoredFrom !== undefined) throw new HopError("VM_NOT_WAITING", "this VM process is not waiting for a saved state", { status: 409 });
+        this.restoredFrom = req.statePath;
+        const t0 = performance.now();
+        const state = await readStateFile(req.statePath);
+        const read = performance.now();
+        await this.restoreSaved(state, req.statePath);
+        const restored = performance.now();
+        await engine.run();
+        agent.setTime(Date.now(), 5_000).catch(() => undefined);
+        const phases = { read: round1(read - t0), restore: round1(restored - read) };
+        send({ t: "ready", startMs: Math.round(performance.now() - t0), phases });
+        send({ t: "state", state: "running" });
+        return { phases };
+      }
       case "fence": {
         const inc = this.incoming;
         if (inc === undefined || inc.id !== req.migrationId) throw new HopError("MIGRATION_NOT_FOUND", `no incoming migration ${req.migrationId} in this VM process`, { status: 404 });
@@ -239,12 +271,15 @@ class VmProcess {
         if (wasRunning) await engine.pause();
         try {
           this.disk?.flush();
+          const header = { ...req.header, engine: ENGINE_VERSION, createdAt: new Date().toISOString(), savedAtMs: Date.now() };
+          const options = { durable: req.durable !== false };
+          if (req.ramPages === true) {
+            const parts = encodeRamPagesPayload(new Uint8Array(await engine.saveStateWithoutRam()), engine.ram());
+            await writeStateFile(req.path, { ...header, ram: "pages" }, parts, options);
+            return { bytes: parts.reduce((n, b) => n + b.length, 0) };
+          }
           const state = await engine.saveState();
-          await writeStateFile(
-            req.path,
-            { ...req.header, engine: ENGINE_VERSION, createdAt: new Date().toISOString(), savedAtMs: Date.now() },
-            new Uint8Array(state),
-          );
+          await writeStateFile(req.path, header, new Uint8Array(state), options);
           return { bytes: state.byteLength };
         } finally {
           if (wasRunning) await engine.run();
@@ -310,6 +345,10 @@ class VmProcess {
     // Give the IPC channel a moment to deliver the last messages, then leave.
     setTimeout(() => process.exit(code), 50);
   }
+}
+
+function round1(v: number): number {
+  return Math.round(v * 10) / 10;
 }
 
 async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

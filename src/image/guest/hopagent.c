@@ -293,10 +293,12 @@ int main(int argc, char **argv) {
     int which[1 + 2 * MAX_JOBS];
     int n = 0;
     fds[n].fd = tty; fds[n].events = POLLIN; owner[n] = NULL; n++;
-    int timeout = 200;
+    /* No commands running: sleep until the host writes (no periodic wake-ups of an idle guest). */
+    int timeout = -1;
     for (int i = 0; i < MAX_JOBS; i++) {
       struct job *j = &jobs[i];
       if (!j->used) continue;
+      if (timeout < 0) timeout = 200;
       if (j->out >= 0) { fds[n].fd = j->out; fds[n].events = POLLIN; owner[n] = j; which[n] = 1; n++; }
       if (j->err >= 0) { fds[n].fd = j->err; fds[n].events = POLLIN; owner[n] = j; which[n] = 2; n++; }
       if (j->exited) timeout = 20;
