@@ -1,4 +1,6 @@
 import { createRequire } from "node:module";
+// Must load before v86: it gives v86 an adjustable clock (see clock.ts).
+import { checkEngineClock, continueEngineClock, engineNow } from "./clock.js";
 import { V86 } from "v86";
 import { EngineInitError, EngineStateError } from "./errors.js";
 import { cpuOf, installIdleScheduler, keepingRam, ramView, selfTest, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
@@ -92,6 +94,13 @@ export class Engine {
       throw new EngineInitError((err as Error).message, err);
     }
     selfTest(emu, options.memoryMiB * 1024 * 1024);
+    const microtick = (emu.v86 as unknown as { constructor: { microtick?: () => number } }).constructor.microtick;
+    if (typeof microtick !== "function") throw new EngineInitError("v86's microtick clock is missing");
+    try {
+      checkEngineClock(microtick);
+    } catch (err) {
+      throw new EngineInitError((err as Error).message, err);
+    }
     installIdleScheduler(emu);
     return new Engine(emu, options);
   }
@@ -134,6 +143,16 @@ export class Engine {
   /** Restores CPU and devices onto RAM that already holds the guest's pages. */
   async restoreStateKeepingRam(state: ArrayBuffer): Promise<void> {
     await keepingRam(cpuOf(this.emu), () => this.restoreState(state));
+  }
+
+  /** The engine's clock (v86's microtick), ms: device timers run on it. */
+  clockMs(): number {
+    return engineNow();
+  }
+
+  /** Continues the clock of an engine whose state was saved at clock `savedClockMs`, wall time `savedAtMs`. */
+  continueClock(savedClockMs: number, savedAtMs: number): void {
+    continueEngineClock(savedClockMs, savedAtMs);
   }
 
   /** A raw view of guest RAM; re-derive it after anything that may grow wasm memory. */

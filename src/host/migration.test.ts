@@ -294,6 +294,7 @@ void describe("migration between host agents with real guests", { timeout: 15 * 
     { name: "connection dropped during the handshake", fault: { action: "drop-before", command: Command.Config } },
     { name: "connection dropped during the first round", fault: { action: "drop-before", command: Command.Pages, nth: 10 } },
     { name: "frame corrupted during the first round", fault: { action: "corrupt", command: Command.Pages, nth: 5 } },
+    { name: "zero-page bitmap corrupted", fault: { action: "corrupt", command: Command.ZeroPages, nth: 3 } },
     { name: "connection dropped before the state", fault: { action: "drop-before", command: Command.State } },
     { name: "state frame corrupted", fault: { action: "corrupt", command: Command.State } },
     { name: "COMPLETE corrupted", fault: { action: "corrupt", command: Command.Complete } },

@@ -20,8 +20,12 @@ import { ConsoleBuffer } from "./console.js";
 import { defaultProfile, imagePaths, TemplateStore } from "./templates.js";
 import type { ConsoleStream, ExecResult, HostEvent, Supervisor, VmInfo } from "./types.js";
 import { forkVmProcess, VmProcessHandle } from "./vmproc.js";
+import { HostNetwork, type HostNetworkOptions, type NetworkDetail, type NetworkInfo, type NetworkService, type NetworksResponse } from "./network.js";
 import type { ChildProcess } from "node:child_process";
 import { z } from "zod";
+
+/** How long after a spare VM process is taken the next one is forked. */
+const SPARE_FORK_DELAY_MS = 1_000;
 
 function ms(t0: number): number {
   return round2(performance.now() - t0);
@@ -74,6 +78,8 @@ export interface LocalSupervisorOptions {
   migrationListen?: { host: string; port: number };
   /** Resolves `--to` (a host name or URL) to the target host agent. */
   peers?: MigratePeerResolver;
+  /** Virtual networking: underlay, VTEP remotes, networks, host access (default: none; networks in the datastore are still loaded). */
+  network?: Omit<HostNetworkOptions, "dir" | "log">;
 }
 
 /**
@@ -81,8 +87,10 @@ export interface LocalSupervisorOptions {
  * process, and drives the lifecycle state machine. A VM process that dies is reported as
  * crashed; the supervisor carries on.
  */
-export class LocalSupervisor implements Supervisor {
+export class LocalSupervisor implements Supervisor, NetworkService {
   readonly hostName: string;
+  /** The host's virtual switch, VXLAN endpoint and networks. */
+  readonly net: HostNetwork;
   readonly datastore: Datastore;
   readonly cacheDir: string;
   private readonly log: Logger;
@@ -92,6 +100,7 @@ export class LocalSupervisor implements Supervisor {
   private image: Promise<GuestImage> | undefined;
   /** One VM process forked ahead of need, so a start does not wait for Node to boot. */
   private spare: ChildProcess | undefined;
+  private spareTimer: NodeJS.Timeout | undefined;
   private closing = false;
   private readonly token: string | undefined;
   private readonly peers: MigratePeerResolver | undefined;
@@ -111,18 +120,26 @@ export class LocalSupervisor implements Supervisor {
     this.token = opts.token;
     this.peers = opts.peers;
     this.migrationListen = opts.migrationListen;
+    this.net = new HostNetwork({ ...opts.network, dir: this.datastore.resolvePath("networks"), log: this.log });
   }
 
   /** A pre-forked VM process for the next start (and fork the one after it). */
   private takeSpare(): ChildProcess | undefined {
     const spare = this.spare;
     this.spare = undefined;
-    if (!this.closing) {
-      const next = forkVmProcess();
-      next.unref();
-      next.channel?.unref();
-      next.on("error", () => undefined);
-      this.spare = next;
+    // The next spare is forked a little later: Node's start-up would otherwise compete for the
+    // CPU with the VM that is starting (or migrating) right now.
+    if (!this.closing && this.spareTimer === undefined) {
+      this.spareTimer = setTimeout(() => {
+        this.spareTimer = undefined;
+        if (this.closing || this.spare !== undefined) return;
+        const next = forkVmProcess();
+        next.unref();
+        next.channel?.unref();
+        next.on("error", () => undefined);
+        this.spare = next;
+      }, SPARE_FORK_DELAY_MS);
+      this.spareTimer.unref();
     }
     if (spare !== undefined) {
       spare.ref();
@@ -134,6 +151,7 @@ export class LocalSupervisor implements Supervisor {
   /** Loads the VMs defined on the datastore (they start powered off). */
   async init(): Promise<void> {
     await this.datastore.init();
+    await this.net.init();
     for (const config of await this.datastore.listVmConfigs<VmConfig>()) {
       // A shared datastore holds the VMs of several hosts: load only ours.
       if (config.host !== undefined && config.host !== this.hostName) continue;
@@ -185,13 +203,22 @@ export class LocalSupervisor implements Supervisor {
       createdAt: new Date().toISOString(),
       host: this.hostName,
       generation: 1,
-      ...(r.ip !== undefined ? { ip: r.ip } : {}),
+      ...(r.ip !== undefined && r.network === undefined ? { ip: r.ip } : {}),
       ...(r.gw !== undefined ? { gw: r.gw } : {}),
+      ...(r.network !== undefined ? { network: r.network } : {}),
     };
     // Reserve the name before any await so two creates cannot race.
     const record: VmRecord = { config, state: "defined", proc: undefined, console: new ConsoleBuffer(), expectingExit: false };
     this.vms.set(r.name, record);
+    let allocated = false;
     try {
+      if (r.network !== undefined) {
+        // The address is the VM's for life: it is kept in its config and moves with it.
+        const a = await this.net.allocate(r.network, config.uuid, r.ip);
+        allocated = true;
+        config.ip = a.cidr;
+        if (r.gw === undefined && a.gateway !== undefined) config.gw = a.gateway;
+      }
       if (r.diskMiB !== undefined) {
         const rel = join("vms", r.name, "disk.img");
         await createDataDisk(this.datastore.resolvePath(rel), r.diskMiB);
@@ -200,6 +227,7 @@ export class LocalSupervisor implements Supervisor {
       await this.datastore.saveVmConfig(r.name, config);
     } catch (err) {
       this.vms.delete(r.name);
+      if (allocated && r.network !== undefined) await this.net.release(r.network, config.uuid).catch(() => undefined);
       throw err;
     }
     this.emit({ type: "vm.created", vm: r.name, at: new Date().toISOString() });
@@ -215,6 +243,7 @@ export class LocalSupervisor implements Supervisor {
       const image = await this.getImage();
       const { config } = rec;
       const disk = config.disk !== undefined ? this.datastore.resolvePath(config.disk.path) : undefined;
+      if (config.network !== undefined) await this.net.ensure(config.network);
       const base = {
         t: "init" as const,
         name: config.name,
@@ -223,6 +252,7 @@ export class LocalSupervisor implements Supervisor {
         nic: "virtio" as const,
         image: imagePaths(image),
         ...(disk !== undefined ? { disk } : {}),
+        ...(config.network !== undefined ? { net: { mtu: this.net.mtuOf(config.network) } } : {}),
       };
       let proc: VmProcessHandle;
       const suspendedState = await this.datastore.exists(this.suspendPath(name)) ? this.datastore.resolvePath(this.suspendPath(name)) : undefined;
@@ -255,6 +285,7 @@ export class LocalSupervisor implements Supervisor {
         proc = new VmProcessHandle({ ...base, start: { mode: "boot", cmdline } });
       }
       this.attach(rec, proc);
+      this.net.attachVm(config, proc, "active");
       const ready = await new Promise<{ startMs: number; phases: Record<string, number> }>((resolve, reject) => {
         proc.once("ready", (m: { startMs: number; phases: Record<string, number> }) => resolve(m));
         proc.once("exit", () =>
@@ -334,6 +365,9 @@ export class LocalSupervisor implements Supervisor {
     nextState(name, rec.state, "destroy");
     await this.datastore.removeVm(name, { keepDisk: opts.deleteDisk !== true && rec.config.disk !== undefined });
     this.vms.delete(name);
+    if (rec.config.network !== undefined) {
+      await this.net.release(rec.config.network, rec.config.uuid).catch((err: unknown) => this.log.warn({ vm: name, err: (err as Error).message }, "releasing the VM's address failed"));
+    }
     this.emit({ type: "vm.destroyed", vm: name, at: new Date().toISOString() });
   }
 
@@ -379,6 +413,9 @@ export class LocalSupervisor implements Supervisor {
     this.closing = true;
     this.spare?.kill();
     this.spare = undefined;
+    if (this.spareTimer !== undefined) clearTimeout(this.spareTimer);
+    // Host access first: it is machine state outside this process.
+    await this.net.removeHostAccess();
     await this.migrationListener?.close();
     const running = [...this.vms.values()].filter((r) => r.proc !== undefined && !r.proc.exited);
     await Promise.all(
@@ -392,6 +429,21 @@ export class LocalSupervisor implements Supervisor {
         }
       }),
     );
+    await this.net.close();
+  }
+
+  // --- networks ---
+
+  listNetworks(): Promise<NetworksResponse> {
+    return this.net.list();
+  }
+
+  async createNetwork(body: unknown): Promise<NetworkInfo> {
+    return this.net.create(body);
+  }
+
+  getNetwork(name: string): Promise<NetworkDetail> {
+    return this.net.detail(name);
   }
 
 
@@ -448,7 +500,29 @@ export class LocalSupervisor implements Supervisor {
   private async baseInit(config: VmConfig): Promise<Omit<import("../vm/ipc.js").VmInit, "start">> {
     const image = await this.getImage();
     const disk = config.disk !== undefined ? this.datastore.resolvePath(config.disk.path) : undefined;
-    return { t: "init", name: config.name, memoryMiB: config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", image: imagePaths(image), ...(disk !== undefined ? { disk } : {}) };
+    return {
+      t: "init",
+      name: config.name,
+      memoryMiB: config.memoryMiB,
+      vgaMemoryKiB: DEFAULT_VGA_KIB,
+      nic: "virtio",
+      image: imagePaths(image),
+      ...(disk !== undefined ? { disk } : {}),
+      // The guest's MTU is in its state already: only the NIC's link to the switch is needed.
+      ...(config.network !== undefined ? { net: {} } : {}),
+    };
+  }
+
+  /** This host's VXLAN endpoint for a migration ticket (where the source forwards the VM's frames). */
+  private vtepTicket(): { vtep?: string } {
+    const vtep = this.net.vtepEndpoint;
+    return vtep !== undefined ? { vtep } : {};
+  }
+
+  /** The definition of the VM's network, sent with a prepare so the target can carry it. */
+  private networkOf(config: VmConfig): { network?: import("./network.js").NetworkSpec } {
+    const spec = config.network !== undefined ? this.net.spec(config.network) : undefined;
+    return spec !== undefined ? { network: spec } : {};
   }
 
   /** A source host asks this host to take a VM: validate, reserve the name, get ready to receive. */
@@ -463,6 +537,8 @@ export class LocalSupervisor implements Supervisor {
     if (this.vms.has(r.config.name)) throw new HopError("VM_EXISTS", `a VM named '${r.config.name}' already exists on host ${this.hostName}`, { status: 409 });
     if (this.incoming.has(r.migrationId)) throw new HopError("MIGRATION_EXISTS", `migration ${r.migrationId} is already known here`, { status: 409 });
     const config = adoptedConfig(r.config as VmConfig, this.hostName);
+    // The VM keeps its network and address: this host must carry the network (created from the source's definition if need be).
+    if (config.network !== undefined) await this.net.ensure(config.network, r.network);
     const entry: IncomingEntry = { name: config.name, outcome: "pending" };
     this.incoming.set(r.migrationId, entry);
     if (r.mode === "cold") {
@@ -486,6 +562,7 @@ export class LocalSupervisor implements Supervisor {
         const proc = new VmProcessHandle({ ...base, start: { mode: "awaitState" } }, this.takeSpare());
         entry.proc = proc;
         this.attach(rec, proc);
+        this.net.attachVm(config, proc, "standby");
         proc.on("exit", () => {
           if (entry.outcome === "pending") entry.outcome = "aborted";
           dropRecord();
@@ -494,7 +571,7 @@ export class LocalSupervisor implements Supervisor {
           proc.once("prepared", () => resolve());
           proc.once("exit", () => reject(new HopError(proc.fatalError?.code ?? "MIGRATION_PREPARE_FAILED", `preparing VM '${config.name}' failed: ${proc.fatalError?.message ?? "its process exited"}`, { status: 500 })));
         });
-        return { host: this.hostName };
+        return { host: this.hostName, ...this.vtepTicket() };
       }
       if (this.migrationAddr === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} has no migration listener`, { status: 409 });
       const proc = new VmProcessHandle(
@@ -512,7 +589,10 @@ export class LocalSupervisor implements Supervisor {
       );
       entry.proc = proc;
       this.attach(rec, proc);
+      this.net.attachVm(config, proc, "standby");
       proc.on("migratedIn", () => {
+        // Tell the network where the VM is now, then hand it what arrived during the switchover.
+        this.net.activateVm(config.name);
         entry.outcome = "resumed";
         this.transition(rec, "started");
         this.datastore.saveVmConfig(config.name, config).catch((err: unknown) => this.log.error({ vm: config.name, err }, "saving the migrated VM's config failed"));
@@ -523,7 +603,7 @@ export class LocalSupervisor implements Supervisor {
         if (entry.outcome === "pending") entry.outcome = "aborted";
         dropRecord();
       });
-      return { host: this.hostName, address: this.migrationAddr };
+      return { host: this.hostName, address: this.migrationAddr, ...this.vtepTicket() };
     } catch (err) {
       entry.outcome = "aborted";
       if (rec.proc !== undefined && !rec.proc.exited) {
@@ -549,6 +629,7 @@ export class LocalSupervisor implements Supervisor {
       const r = await proc.request<{ phases: Record<string, number> }>({ op: "resumeFrom", statePath: this.datastore.resolvePath(statePath) }, 120_000);
       // Fenced while it restored? Then it must not run.
       if (entry.outcome !== "pending") throw new HopError("MIGRATION_FENCED", `migration ${migrationId} was fenced while the VM was restored`, { status: 409 });
+      this.net.activateVm(rec.config.name);
       entry.outcome = "resumed";
       await this.datastore.saveVmConfig(rec.config.name, rec.config);
       rec.startPhases = r.phases;
@@ -621,7 +702,7 @@ export class LocalSupervisor implements Supervisor {
         throw new HopError("VM_NOT_STOPPED", `cold migration needs VM '${name}' powered off; it is ${rec.state} (use --mode live or quick)`, { status: 409 });
       }
       try {
-        const ticket = await peer.prepareIncoming({ migrationId, mode: "cold", source: this.hostName, config: rec.config, datastoreId: this.datastore.id });
+        const ticket = await peer.prepareIncoming({ migrationId, mode: "cold", source: this.hostName, config: rec.config, datastoreId: this.datastore.id, ...this.networkOf(rec.config) });
         const report: MigrationReport = { ...base, mode: "cold", to: ticket.host, totalMs: ms(t0), downtimeMs: 0, downtime: zeroDowntime(), bytes: 0, pages: 0, rounds: [], throttleMax: 0, stunnedMs: 0 };
         this.leave(rec, ticket.host, migrationId);
         this.emit({ type: "migration.done", vm: name, at: new Date().toISOString(), report });
@@ -659,19 +740,62 @@ export class LocalSupervisor implements Supervisor {
     const name = rec.config.name;
     let ticket: IncomingTicket;
     try {
-      ticket = await peer.prepareIncoming({ migrationId, mode: "live", source: this.hostName, config: rec.config, datastoreId: this.datastore.id, ...(r.verifyRam === true ? { verifyRam: true } : {}) });
+      ticket = await peer.prepareIncoming({ migrationId, mode: "live", source: this.hostName, config: rec.config, datastoreId: this.datastore.id, ...(r.verifyRam === true ? { verifyRam: true } : {}), ...this.networkOf(rec.config) });
       if (ticket.address === undefined) throw new HopError("MIGRATION_PREPARE_FAILED", `host ${ticket.host} gave no migration address`, { status: 502 });
     } catch (err) {
       this.transition(rec, "migrateFailed");
       throw new HopError((err as HopError).code ?? "MIGRATION_PREPARE_FAILED", `preparing the target for VM '${name}' failed: ${(err as Error).message}`, { status: (err as HopError).status ?? 502, cause: err });
     }
-    const res = await proc.request<MigrateOutResult>(
+    // Network hand-off, driven by the VM process's progress: hold the VM's frames from the moment
+    // it stops, and forward them (and later ones) to the target's host once COMPLETE is sent.
+    const to = ticket.vtep;
+    const onPhase = (m: { progress: import("../migration/index.js").MigrationProgress }): void => {
+      if (m.progress.phase === "stop-and-copy") this.net.holdVm(name);
+      else if (m.progress.phase === "switchover") this.net.forwardVm(name, to);
+    };
+    if (rec.config.network !== undefined) proc.on("migration", onPhase);
+    let res: MigrateOutResult;
+    try {
+      res = await this.migrateOutRequest(proc, rec, migrationId, ticket.host, ticket.address ?? { host: "", port: 0 }, r);
+    } finally {
+      proc.off("migration", onPhase);
+    }
+    if (res.ok) {
+      await this.release(rec, proc, ticket.host, migrationId);
+      return res.report;
+    }
+    if (res.sourceMayResume) {
+      this.net.resumeVmHere(name);
+      this.transition(rec, "migrateFailed");
+      peer.abortIncoming(migrationId).catch(() => undefined);
+      throw new HopError(res.error.code, `live migration of VM '${name}' failed; it runs on here as before: ${res.error.message}`, { status: 409 });
+    }
+    const outcome = await this.resolveOutcome(peer, migrationId);
+    if (outcome === "resumed") {
+      this.net.forwardVm(name, to);
+      await this.release(rec, proc, ticket.host, migrationId);
+      throw new HopError("MIGRATION_REPORT_LOST", `VM '${name}' runs on ${ticket.host} now, but the switchover report was lost: ${res.error.message}`, { status: 502 });
+    }
+    if (outcome === "aborted") {
+      await proc.request({ op: "resume" });
+      this.net.resumeVmHere(name);
+      this.transition(rec, "migrateFailed");
+      throw new HopError(res.error.code, `live migration of VM '${name}' failed at the switchover; the target never ran it and it runs on here: ${res.error.message}`, { status: 409 });
+    }
+    rec.lastError = `migration ${migrationId}: outcome unknown (target unreachable); the VM stays paused until the target answers`;
+    this.retryOutcome(rec, proc, peer, migrationId, ticket.host);
+    throw new HopError("MIGRATION_OUTCOME_UNKNOWN", rec.lastError, { status: 504 });
+  }
+
+  private migrateOutRequest(proc: VmProcessHandle, rec: VmRecord, migrationId: string, to: string, address: { host: string; port: number }, r: z.output<typeof migrateRequestSchema>): Promise<MigrateOutResult> {
+    const name = rec.config.name;
+    return proc.request<MigrateOutResult>(
       {
         op: "migrateOut",
         migrationId,
         from: this.hostName,
-        to: ticket.host,
-        address: ticket.address,
+        to,
+        address,
         token: this.token ?? "",
         config: { name, uuid: rec.config.uuid, memoryMiB: rec.config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", disk: rec.config.disk !== undefined, generation: (rec.config.generation ?? 0) + 1, pageSize: PAGE_SIZE },
         options: {
@@ -684,28 +808,6 @@ export class LocalSupervisor implements Supervisor {
       },
       24 * 3600_000,
     );
-    if (res.ok) {
-      await this.release(rec, proc, ticket.host, migrationId);
-      return res.report;
-    }
-    if (res.sourceMayResume) {
-      this.transition(rec, "migrateFailed");
-      peer.abortIncoming(migrationId).catch(() => undefined);
-      throw new HopError(res.error.code, `live migration of VM '${name}' failed; it runs on here as before: ${res.error.message}`, { status: 409 });
-    }
-    const outcome = await this.resolveOutcome(peer, migrationId);
-    if (outcome === "resumed") {
-      await this.release(rec, proc, ticket.host, migrationId);
-      throw new HopError("MIGRATION_REPORT_LOST", `VM '${name}' runs on ${ticket.host} now, but the switchover report was lost: ${res.error.message}`, { status: 502 });
-    }
-    if (outcome === "aborted") {
-      await proc.request({ op: "resume" });
-      this.transition(rec, "migrateFailed");
-      throw new HopError(res.error.code, `live migration of VM '${name}' failed at the switchover; the target never ran it and it runs on here: ${res.error.message}`, { status: 409 });
-    }
-    rec.lastError = `migration ${migrationId}: outcome unknown (target unreachable); the VM stays paused until the target answers`;
-    this.retryOutcome(rec, proc, peer, migrationId, ticket.host);
-    throw new HopError("MIGRATION_OUTCOME_UNKNOWN", rec.lastError, { status: 504 });
   }
 
   private async migrateQuick(rec: VmRecord, proc: VmProcessHandle, peer: import("./migration.js").MigrationPeer, migrationId: string, wasRunning: boolean): Promise<MigrationReport> {
@@ -715,6 +817,7 @@ export class LocalSupervisor implements Supervisor {
     const abs = this.datastore.resolvePath(rel);
     const resumeHere = async (err: unknown): Promise<never> => {
       if (wasRunning) await proc.request({ op: "resume" }).catch(() => undefined);
+      this.net.resumeVmHere(name);
       this.transition(rec, "migrateFailed");
       if (!wasRunning) this.setState(rec, "paused");
       await rm(abs, { force: true });
@@ -723,7 +826,7 @@ export class LocalSupervisor implements Supervisor {
     // Prepare the target first (its VM process and engine ready), while the VM still runs here.
     let ticket: IncomingTicket;
     try {
-      ticket = await peer.prepareIncoming({ migrationId, mode: "quick", source: this.hostName, config: rec.config, datastoreId: this.datastore.id });
+      ticket = await peer.prepareIncoming({ migrationId, mode: "quick", source: this.hostName, config: rec.config, datastoreId: this.datastore.id, ...this.networkOf(rec.config) });
     } catch (err) {
       this.transition(rec, "migrateFailed");
       if (!wasRunning) this.setState(rec, "paused");
@@ -731,6 +834,8 @@ export class LocalSupervisor implements Supervisor {
       throw new HopError((err as HopError).code ?? "MIGRATION_PREPARE_FAILED", `preparing the target for VM '${name}' failed: ${(err as Error).message}`, { status: (err as HopError).status ?? 502, cause: err });
     }
     const pausedAt = performance.now();
+    // Frames for the VM are held from here (the pause request follows them on the IPC channel).
+    this.net.holdVm(name);
     try {
       if (wasRunning) await proc.request({ op: "pause" });
     } catch (err) {
@@ -747,6 +852,11 @@ export class LocalSupervisor implements Supervisor {
       return resumeHere(err);
     }
     const savedAt = performance.now();
+    // The saved state is final: what was held, and what comes, goes to the target's host, where
+    // the VM's (standby) port holds it until the VM runs there. If the commit fails, the VM
+    // resumes here and forwarding stops.
+    const to = ticket.vtep;
+    this.net.forwardVm(name, to);
     try {
       ticket = await peer.commitIncoming(migrationId, rel);
     } catch (err) {
@@ -806,6 +916,7 @@ export class LocalSupervisor implements Supervisor {
       if (o === "resumed") await this.release(rec, proc, to, migrationId);
       else if (o === "aborted") {
         await proc.request({ op: "resume" });
+        this.net.resumeVmHere(rec.config.name);
         this.transition(rec, "migrateFailed");
         delete rec.lastError;
       } else setTimeout(() => void tick().catch((err: unknown) => this.log.error({ err }, "outcome retry failed")), 5_000).unref();

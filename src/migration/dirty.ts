@@ -140,6 +140,31 @@ export class DirtyTracker {
     return dirty;
   }
 
+  /**
+   * The first full pass of a migration over [fromPage, toPage), for a tracker whose shadow was
+   * never written: zero pages are only reported (`onZero`; the shadow already holds zeros), every
+   * other page is copied into the shadow and reported (`onData`, with a view of RAM valid during
+   * the call; it equals the shadow's new copy).
+   */
+  firstPass(ram: Uint8Array, fromPage: number, toPage: number, onZero: (page: number) => void, onData: (page: number, cur: Uint8Array) => void): void {
+    this.check(ram, fromPage, toPage);
+    const mem = asBuffer(ram);
+    const ps = this.pageSize;
+    const zero = ps === PAGE_SIZE ? ZERO_PAGE : new Uint8Array(ps);
+    for (let p = fromPage; p < toPage; p++) {
+      if (this.known[p] === 1) throw new RangeError(`firstPass over page ${p}, which was reported before`);
+      const off = p * ps;
+      this.known[p] = 1;
+      if (mem.compare(zero, 0, ps, off, off + ps) === 0) {
+        onZero(p);
+        continue;
+      }
+      const cur = mem.subarray(off, off + ps);
+      onData(p, cur);
+      this.shadow.set(cur, off);
+    }
+  }
+
   /** How many pages in [fromPage, toPage) differ from the shadow, without reporting them or touching the shadow. */
   countSlice(ram: Uint8Array, fromPage: number, toPage: number): number {
     this.check(ram, fromPage, toPage);

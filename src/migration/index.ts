@@ -12,6 +12,8 @@ export {
   pageEncodingName,
   crc32,
   encodeFrame,
+  encodeZeroPagesPayload,
+  bitmapPopcount,
   frameHeader,
   FrameDecoder,
   encodeMessage,
@@ -39,7 +41,7 @@ export { ReceiverStateMachine, RECEIVER_ACCEPTS, type ReceiverAction, type Recei
 export { SenderStateMachine, SENDER_ACCEPTS, type SenderEvent, type SenderOptions, type SenderStateName, type SenderStep } from "./sender.js";
 export { decideNextStep, nextThrottleStep, THROTTLE_STEPS, MAX_THROTTLE, POLICY_DEFAULTS, type PolicyDecision, type PolicyInput, type StopReason, type ThrottleReason } from "./policy.js";
 export { DirtyTracker, isZeroPage, yieldToEventLoop, BLOCK_BYTES, type DirtyCallback, type ScanOptions } from "./dirty.js";
-export { PageBatchWriter, encodePage, encodePageInto, applyPage, applyPages, deltaEncodeInto, deltaApply, type PageEncodeOptions, type BatchStats } from "./pages.js";
+export { PageBatchWriter, applyZeroPages, encodePage, encodePageInto, applyPage, applyPages, deltaEncodeInto, deltaApply, type PageEncodeOptions, type BatchStats } from "./pages.js";
 export { lz4CompressBlock, lz4DecompressBlock, lz4CompressBound, Lz4FormatError } from "./lz4.js";
 export { FrameConnection } from "./transport.js";
 export { LiveMigrationSource, LIVE_DEFAULTS, type SourceHooks, type SourceOutcome, type SourceParams } from "./source.js";

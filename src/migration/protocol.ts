@@ -48,9 +48,10 @@ export const Command = {
   Error: 12,
   Ping: 13,
   Pong: 14,
+  ZeroPages: 15,
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
-const MAX_COMMAND = 14;
+const MAX_COMMAND = 15;
 
 const COMMAND_NAMES: readonly string[] = [
   "INVALID",
@@ -68,6 +69,7 @@ const COMMAND_NAMES: readonly string[] = [
   "ERROR",
   "PING",
   "PONG",
+  "ZERO_PAGES",
 ];
 
 export function commandName(command: number): string {
@@ -404,7 +406,14 @@ export type ConfigAckMessage = { cmd: typeof Command.ConfigAck; pageCount: numbe
 export type MemoryRoundBeginMessage = { cmd: typeof Command.MemoryRoundBegin; round: number };
 export type PagesMessage = { cmd: typeof Command.Pages; round: number; pages: PageEntry[] };
 export type MemoryRoundEndMessage = { cmd: typeof Command.MemoryRoundEnd; round: number; pages: number; bytes: number };
-export type StateMessage = { cmd: typeof Command.State; guestClockMs: number; pausedAtMs: number; state: Buffer };
+export type StateMessage = {
+  cmd: typeof Command.State;
+  guestClockMs: number;
+  pausedAtMs: number;
+  /** The source engine's clock (v86's microtick) at the pause, so the target can continue it. */
+  engineClockMs?: number | undefined;
+  state: Buffer;
+};
 export type CompleteMessage = { cmd: typeof Command.Complete };
 export type ResumedMessage = {
   cmd: typeof Command.Resumed;
@@ -418,6 +427,8 @@ export type ResumedMessage = {
 export type AbortMessage = { cmd: typeof Command.Abort; reason: string };
 export type ErrorMessage = { cmd: typeof Command.Error; code: string; message: string };
 export type PingMessage = { cmd: typeof Command.Ping; seq: number };
+/** Pages that are all zero, as a bitmap over [firstPage, firstPage + count): bit i (LSB first) set = page firstPage + i is zero. */
+export type ZeroPagesMessage = { cmd: typeof Command.ZeroPages; round: number; firstPage: number; count: number; bitmap: Buffer };
 export type PongMessage = { cmd: typeof Command.Pong; seq: number };
 
 export type Message =
@@ -434,7 +445,8 @@ export type Message =
   | AbortMessage
   | ErrorMessage
   | PingMessage
-  | PongMessage;
+  | PongMessage
+  | ZeroPagesMessage;
 
 const u32 = z.number().int().min(0).max(0xffffffff);
 const hex32 = z.string().regex(/^[0-9a-f]{64}$/, "must be 32 bytes of lower-case hex");
@@ -476,7 +488,7 @@ const resumedSchema = z.object({ resumedAtMs: z.number(), restoreMs: z.number().
 const abortSchema = z.object({ reason: z.string().max(4096) });
 const errorSchema = z.object({ code: z.string().max(100), message: z.string().max(4096) });
 const seqSchema = z.object({ seq: u32 });
-const stateHeaderSchema = z.object({ guestClockMs: z.number(), pausedAtMs: z.number() });
+const stateHeaderSchema = z.object({ guestClockMs: z.number(), pausedAtMs: z.number(), engineClockMs: z.number().optional() });
 
 function json(obj: object): Buffer {
   return Buffer.from(JSON.stringify(obj), "utf8");
@@ -570,9 +582,35 @@ export function decodePagesPayload(payload: Buffer, pageSize = PAGE_SIZE): { rou
   return { round, pages };
 }
 
-/** STATE payload: header length u32 | JSON {guestClockMs, pausedAtMs} | engine state bytes. */
+/** ZERO_PAGES payload: u32 round | u32 firstPage | u32 count | ceil(count / 8) bytes of bitmap. */
+export function encodeZeroPagesPayload(round: number, firstPage: number, count: number, bitmap: Uint8Array): Buffer {
+  const bytes = Math.ceil(count / 8);
+  if (bitmap.length < bytes) throw new MigrationProtocolError("MIGRATION_PAGE_ENCODING", `ZERO_PAGES bitmap has ${bitmap.length} bytes for ${count} pages`);
+  const out = Buffer.allocUnsafe(12 + bytes);
+  out.writeUInt32LE(round, 0);
+  out.writeUInt32LE(firstPage, 4);
+  out.writeUInt32LE(count, 8);
+  out.set(bitmap.subarray(0, bytes), 12);
+  return out;
+}
+
+function decodeZeroPagesPayload(p: Buffer): { round: number; firstPage: number; count: number; bitmap: Buffer } {
+  if (p.length < 12) throw corrupt("ZERO_PAGES payload is shorter than its header");
+  const count = p.readUInt32LE(8);
+  if (p.length !== 12 + Math.ceil(count / 8)) throw corrupt(`ZERO_PAGES payload of ${p.length} bytes does not hold a bitmap of ${count} pages`);
+  return { round: p.readUInt32LE(0), firstPage: p.readUInt32LE(4), count, bitmap: p.subarray(12) };
+}
+
+/** Number of set bits among the first `count` bits of `bitmap` (LSB first). */
+export function bitmapPopcount(bitmap: Uint8Array, count: number): number {
+  let n = 0;
+  for (let i = 0; i < count; i++) if (((bitmap[i >> 3] ?? 0) >> (i & 7)) & 1) n++;
+  return n;
+}
+
+/** STATE payload: header length u32 | JSON {guestClockMs, pausedAtMs, engineClockMs?} | engine state bytes. */
 function encodeStatePayload(m: StateMessage): Buffer {
-  const header = json({ guestClockMs: m.guestClockMs, pausedAtMs: m.pausedAtMs });
+  const header = json({ guestClockMs: m.guestClockMs, pausedAtMs: m.pausedAtMs, ...(m.engineClockMs !== undefined ? { engineClockMs: m.engineClockMs } : {}) });
   const buf = Buffer.allocUnsafe(4 + header.length + m.state.length);
   buf.writeUInt32LE(header.length, 0);
   header.copy(buf, 4);
@@ -594,6 +632,8 @@ export function encodeMessage(m: Message): Buffer {
       return encodeFrame(m.cmd, json({ round: m.round }));
     case Command.Pages:
       return encodeFrame(m.cmd, encodePagesPayload(m.round, m.pages));
+    case Command.ZeroPages:
+      return encodeFrame(m.cmd, encodeZeroPagesPayload(m.round, m.firstPage, m.count, m.bitmap));
     case Command.MemoryRoundEnd:
       return encodeFrame(m.cmd, json({ round: m.round, pages: m.pages, bytes: m.bytes }));
     case Command.State:
@@ -635,6 +675,8 @@ export function decodeMessage(frame: Frame): Message {
       return { cmd: Command.MemoryRoundBegin, ...parseWith(roundSchema, parseJson(frame), frame) };
     case Command.Pages:
       return { cmd: Command.Pages, ...decodePagesPayload(frame.payload) };
+    case Command.ZeroPages:
+      return { cmd: Command.ZeroPages, ...decodeZeroPagesPayload(frame.payload) };
     case Command.MemoryRoundEnd:
       return { cmd: Command.MemoryRoundEnd, ...parseWith(roundEndSchema, parseJson(frame), frame) };
     case Command.State: {

@@ -57,7 +57,7 @@ export const RECEIVER_ACCEPTS: Readonly<Record<ReceiverStateName, readonly Comma
   AwaitConfig: [Command.Config],
   Preparing: [],
   Prepared: [Command.MemoryRoundBegin],
-  InRound: [Command.Pages, Command.MemoryRoundEnd],
+  InRound: [Command.Pages, Command.ZeroPages, Command.MemoryRoundEnd],
   BetweenRounds: [Command.MemoryRoundBegin, Command.State],
   StateReceived: [Command.Complete],
   Resuming: [],
@@ -92,8 +92,10 @@ export interface ReceiverOptions {
 export type ReceiverAction =
   | { kind: "prepare"; config: VmMigrationConfig; pageCount: number }
   | { kind: "writePages"; round: number; pages: PageEntry[] }
+  /** Pages that are zero (bitmap over [firstPage, firstPage + count), bit set = zero). */
+  | { kind: "zeroPages"; round: number; firstPage: number; count: number; bitmap: Buffer }
   | { kind: "roundComplete"; round: number; pages: number; bytes: number }
-  | { kind: "restoreState"; state: Buffer; guestClockMs: number; pausedAtMs: number }
+  | { kind: "restoreState"; state: Buffer; guestClockMs: number; pausedAtMs: number; engineClockMs?: number | undefined }
   | { kind: "resume" }
   | { kind: "abort"; reason: string; error?: MigrationError };
 
@@ -245,6 +247,28 @@ export class ReceiverStateMachine {
           this.stats.bytes += frame.payload.length;
           return { replies: [], actions: [{ kind: "writePages", round: m.round, pages: m.pages }] };
         }
+        case Command.ZeroPages: {
+          if (m.round !== this.round) throw new MigrationProtocolError("MIGRATION_ROUND_MISMATCH", `ZERO_PAGES for round ${m.round} during round ${this.round}`);
+          if (m.firstPage + m.count > this.pageCount) {
+            throw new MigrationProtocolError("MIGRATION_PAGE_OUT_OF_RANGE", `ZERO_PAGES [${m.firstPage}, ${m.firstPage + m.count}) is outside the VM's ${this.pageCount} pages`);
+          }
+          let n = 0;
+          for (let i = 0; i < m.count; i++) {
+            if ((((m.bitmap[i >> 3] ?? 0) >> (i & 7)) & 1) === 0) continue;
+            n++;
+            const p = m.firstPage + i;
+            if (this.received[p] === 0) {
+              this.received[p] = 1;
+              this.receivedCount++;
+            }
+          }
+          this.stats.pagesByEncoding[PageEncoding.Zero] += n;
+          this.roundPages += n;
+          this.roundBytes += frame.payload.length;
+          this.stats.pages += n;
+          this.stats.bytes += frame.payload.length;
+          return { replies: [], actions: [{ kind: "zeroPages", round: m.round, firstPage: m.firstPage, count: m.count, bitmap: m.bitmap }] };
+        }
         case Command.MemoryRoundEnd: {
           if (m.round !== this.round || m.pages !== this.roundPages || m.bytes !== this.roundBytes) {
             throw new MigrationProtocolError(
@@ -261,7 +285,7 @@ export class ReceiverStateMachine {
             throw new MigrationProtocolError("MIGRATION_MEMORY_INCOMPLETE", `STATE arrived with ${this.pageCount - this.receivedCount} of ${this.pageCount} pages never sent`);
           }
           this.st = "StateReceived";
-          return { replies: [], actions: [{ kind: "restoreState", state: m.state, guestClockMs: m.guestClockMs, pausedAtMs: m.pausedAtMs }] };
+          return { replies: [], actions: [{ kind: "restoreState", state: m.state, guestClockMs: m.guestClockMs, pausedAtMs: m.pausedAtMs, engineClockMs: m.engineClockMs }] };
         }
         case Command.Complete:
           this.st = "Resuming";

@@ -21,7 +21,9 @@ import {
   Command,
   commandName,
   decodeMessage,
+  bitmapPopcount,
   encodeFrame,
+  encodeZeroPagesPayload,
   frameHeader,
   encodeMessage,
   errorFrame,
@@ -237,6 +239,19 @@ export class SenderStateMachine {
     this.stats.bytesSent += payload.length;
   }
 
+  /** A ZERO_PAGES frame: the zero pages among [firstPage, firstPage + count) as a bitmap (bit set = zero). */
+  zeroPages(firstPage: number, count: number, bitmap: Uint8Array): Buffer {
+    this.require("send ZERO_PAGES", "InRound");
+    if (firstPage + count > this.pageCount) throw new MigrationStateError(`ZERO_PAGES [${firstPage}, ${firstPage + count}) is outside the VM's ${this.pageCount} pages`);
+    const payload = encodeZeroPagesPayload(this.round, firstPage, count, bitmap);
+    const n = bitmapPopcount(bitmap, count);
+    this.roundPages += n;
+    this.roundBytes += payload.length;
+    this.stats.pagesSent += n;
+    this.stats.bytesSent += payload.length;
+    return encodeFrame(Command.ZeroPages, payload);
+  }
+
   endRound(): Buffer {
     this.require("end a memory round", "InRound");
     this.st = "Ready";
@@ -245,11 +260,11 @@ export class SenderStateMachine {
   }
 
   /** CPU and device state (the source guest must be paused and its last dirty pages sent). */
-  sendState(state: Uint8Array, guestClockMs: number, pausedAtMs: number): Buffer {
+  sendState(state: Uint8Array, guestClockMs: number, pausedAtMs: number, engineClockMs?: number): Buffer {
     this.require("send STATE", "Ready");
     if (this.stats.roundsDone === 0) throw new MigrationStateError("STATE before any memory round");
     this.st = "StateSent";
-    return encodeMessage({ cmd: Command.State, guestClockMs, pausedAtMs, state: Buffer.from(state.buffer, state.byteOffset, state.byteLength) });
+    return encodeMessage({ cmd: Command.State, guestClockMs, pausedAtMs, engineClockMs, state: Buffer.from(state.buffer, state.byteOffset, state.byteLength) });
   }
 
   /** The commit point: from here on the source must not resume on its own. */

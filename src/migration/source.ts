@@ -20,6 +20,7 @@ import { SenderStateMachine, type SenderEvent } from "./sender.js";
 import { Stunner } from "./stun.js";
 import { FrameConnection } from "./transport.js";
 import type { Migratable } from "./vm.js";
+import { monotonicMs } from "../common/time.js";
 
 export const LIVE_DEFAULTS = { downtimeTargetMs: 50, maxRounds: 30, sliceBytes: 4 * 1024 * 1024, batchBytes: 1024 * 1024, switchoverOverheadMs: 10 } as const;
 
@@ -155,7 +156,7 @@ export class LiveMigrationSource {
   }
 
   async run(): Promise<SourceOutcome> {
-    const t0 = performance.now();
+    const t0 = monotonicMs();
     const p = this.p;
     const opts = p.options;
     const downtimeTargetMs = opts.downtimeTargetMs ?? LIVE_DEFAULTS.downtimeTargetMs;
@@ -184,7 +185,7 @@ export class LiveMigrationSource {
       const getRam = (): Uint8Array => this.vm.ram();
       const limit = opts.bandwidthBytesPerSec ?? 0;
       let bytesTotal = 0;
-      let linkStart = performance.now();
+      let linkStart = monotonicMs();
       let linkBytes = 0;
       const emit = (payload: Buffer | undefined): void => {
         if (payload === undefined) return;
@@ -196,28 +197,56 @@ export class LiveMigrationSource {
         this.check();
         await conn.send();
         if (limit > 0) {
-          const ahead = (linkBytes / limit) * 1000 - (performance.now() - linkStart);
+          const ahead = (linkBytes / limit) * 1000 - (monotonicMs() - linkStart);
           if (ahead > 0) await sleep(ahead);
         }
         await new Promise<void>((r) => setImmediate(r));
         this.check();
       };
       const sendRound = async (all: boolean, paused: boolean): Promise<{ pages: number; bytes: number; ms: number }> => {
-        const r0 = performance.now();
+        const r0 = monotonicMs();
         const before = this.sm.stats.bytesSent;
         conn.write(this.sm.beginRound());
         writer.begin(this.sm.currentRound);
         const onDirty = (page: number, cur: Uint8Array, prev: Uint8Array | undefined): void => {
           if (writer.add(page, cur, prev)) emit(writer.take());
         };
-        let pages: number;
-        if (paused) pages = tracker.scanSlice(getRam(), 0, pageCount, { onDirty, all }).length;
-        else pages = (await tracker.scanAll(getRam, { onDirty, all, sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between })).length;
+        let pages = 0;
+        if (all) {
+          // Round 0: zero pages go as one ZERO_PAGES bitmap per slice, the rest as PAGES.
+          const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
+          const bitmap = new Uint8Array(Math.ceil(slicePages / 8));
+          for (let first = 0; first < pageCount; first += slicePages) {
+            if (first > 0 && !paused) await between();
+            const count = Math.min(slicePages, pageCount - first);
+            bitmap.fill(0);
+            let zeros = 0;
+            tracker.firstPass(
+              getRam(),
+              first,
+              first + count,
+              (p) => {
+                const i = p - first;
+                bitmap[i >> 3]! |= 1 << (i & 7);
+                zeros++;
+              },
+              (p, cur) => {
+                if (writer.add(p, cur)) emit(writer.take());
+                pages++;
+              },
+            );
+            if (zeros > 0) {
+              conn.write(this.sm.zeroPages(first, count, bitmap));
+              pages += zeros;
+            }
+          }
+        } else if (paused) pages = tracker.scanSlice(getRam(), 0, pageCount, { onDirty }).length;
+        else pages = (await tracker.scanAll(getRam, { onDirty, sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between })).length;
         emit(writer.take());
         conn.write(this.sm.endRound());
         const bytes = this.sm.stats.bytesSent - before;
         bytesTotal += bytes;
-        return { pages, bytes, ms: performance.now() - r0 };
+        return { pages, bytes, ms: monotonicMs() - r0 };
       };
 
       // Pre-copy.
@@ -225,7 +254,7 @@ export class LiveMigrationSource {
       const history: number[] = [];
       let roundsAtLevel = 0;
       let stopReason = "converged";
-      linkStart = performance.now();
+      linkStart = monotonicMs();
       for (let round = 0; ; round++) {
         this.progress("precopy", { message: `round ${round}` });
         const r = await sendRound(round === 0, false);
@@ -277,24 +306,25 @@ export class LiveMigrationSource {
       // Stop-and-copy.
       this.progress("stop-and-copy");
       const pausedAtMs = Date.now();
-      const s0 = performance.now();
+      const s0 = monotonicMs();
       await this.stunner.stop();
       if (this.vm.running) await this.vm.pause();
-      const s1 = performance.now();
+      const s1 = monotonicMs();
       await this.hooks.beforeFinalCopy?.();
       this.check();
       const last = await sendRound(false, true);
-      const s2 = performance.now();
+      const s2 = monotonicMs();
       const state = await this.vm.saveStateWithoutRam();
+      const engineClockMs = this.vm.clockMs();
       const sourceSha = opts.verifyRam === true ? sha256(getRam()) : undefined;
-      const s3 = performance.now();
+      const s3 = monotonicMs();
       this.check();
-      conn.write(this.sm.sendState(new Uint8Array(state), Date.now(), pausedAtMs));
+      conn.write(this.sm.sendState(new Uint8Array(state), Date.now(), pausedAtMs, engineClockMs));
       this.committed = true;
       conn.write(this.sm.complete());
       this.progress("switchover");
       const resumed = await this.waitFor("resumed", replyTimeoutMs, "acknowledge that the VM runs");
-      const s4 = performance.now();
+      const s4 = monotonicMs();
       rounds.push({
         round: rounds.length,
         pages: last.pages,
@@ -317,7 +347,7 @@ export class LiveMigrationSource {
         from: p.from,
         to: p.to,
         ok: true,
-        totalMs: round2(performance.now() - t0),
+        totalMs: round2(monotonicMs() - t0),
         downtimeMs: round2(s4 - s0),
         downtime: {
           stopMs: round2(s1 - s0),

@@ -19,7 +19,7 @@ import { RECEIVER_ACCEPTS, ReceiverStateMachine, type ReceiverStateName, type Re
 import { SENDER_ACCEPTS, SenderStateMachine, type SenderStateName } from "./sender.js";
 import { framesOf, sampleFrame, TEST_ENGINE, TEST_TOKEN, testConfig } from "./testing.js";
 
-const ALL_COMMANDS = Array.from({ length: 14 }, (_, i) => (i + 1) as Command);
+const ALL_COMMANDS = Array.from({ length: 15 }, (_, i) => (i + 1) as Command);
 
 function one(buf: Buffer): Frame {
   const [f] = framesOf([buf]);

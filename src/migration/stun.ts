@@ -4,6 +4,7 @@
  * level% of the cycle. Pause and resume each land within ~1 ms in v86.
  */
 import type { Pausable } from "./vm.js";
+import { monotonicMs } from "../common/time.js";
 
 const CYCLE_MS = 20;
 
@@ -36,7 +37,7 @@ export class Stunner {
     this.timer = undefined;
     if (this.stopped || this.level === 0) return;
     const stunMs = (CYCLE_MS * this.level) / 100;
-    const t0 = performance.now();
+    const t0 = monotonicMs();
     this.stunning = true;
     try {
       if (this.vm.running) await this.vm.pause();
@@ -46,7 +47,7 @@ export class Stunner {
       if (!this.stopped) await this.vm.run();
       this.stunning = false;
     }
-    this.stunnedMs += performance.now() - t0;
+    this.stunnedMs += monotonicMs() - t0;
     if (!this.stopped) this.schedule(Math.max(1, CYCLE_MS - stunMs));
   }
 

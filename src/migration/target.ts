@@ -8,11 +8,12 @@
  */
 import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
-import { applyPages } from "./pages.js";
+import { applyPages, applyZeroPages } from "./pages.js";
 import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, type Frame, type MigrationError } from "./protocol.js";
 import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
 import { FrameConnection } from "./transport.js";
 import type { Migratable } from "./vm.js";
+import { monotonicMs } from "../common/time.js";
 
 export interface TargetParams {
   token: string;
@@ -152,23 +153,28 @@ export class LiveMigrationTarget {
       case "writePages":
         applyPages(this.vm.ram(), a.pages);
         return undefined;
+      case "zeroPages":
+        applyZeroPages(this.vm.ram(), a.firstPage, a.count, a.bitmap);
+        return undefined;
       case "roundComplete":
         return undefined;
       case "restoreState": {
-        const t0 = performance.now();
+        const t0 = monotonicMs();
         this.stateBytes = a.state.length;
         this.pausedAtMs = a.pausedAtMs;
         this.guestClockMs = a.guestClockMs;
         const copy = a.state.buffer.slice(a.state.byteOffset, a.state.byteOffset + a.state.byteLength) as ArrayBuffer;
+        // Device timers were set against the source engine's clock: continue it here.
+        if (a.engineClockMs !== undefined) this.vm.continueClock(a.engineClockMs, a.pausedAtMs);
         await this.vm.restoreStateKeepingRam(copy);
-        this.restoreMs = performance.now() - t0;
+        this.restoreMs = monotonicMs() - t0;
         return undefined;
       }
       case "resume": {
         const ramSha256 = this.p.verifyRam === true ? createHash("sha256").update(this.vm.ram()).digest("hex") : undefined;
-        const t0 = performance.now();
+        const t0 = monotonicMs();
         await this.vm.run();
-        const resumeMs = performance.now() - t0;
+        const resumeMs = monotonicMs() - t0;
         const resumedAtMs = Date.now();
         const step = this.sm.resumed(resumedAtMs, { restoreMs: round2(this.restoreMs), resumeMs: round2(resumeMs), ...(ramSha256 !== undefined ? { ramSha256 } : {}) });
         this.clearIdle();

@@ -58,6 +58,7 @@ export function sampleMessages(): Message[] {
     { cmd: Command.Error, code: "MIGRATION_CONFIG_MISMATCH", message: "memory differs" },
     { cmd: Command.Ping, seq: 3 },
     { cmd: Command.Pong, seq: 3 },
+    { cmd: Command.ZeroPages, round: 0, firstPage: 8, count: 10, bitmap: Buffer.from([0b10110001, 0b10]) },
   ];
 }
 

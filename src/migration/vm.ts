@@ -16,7 +16,15 @@ export interface Snapshottable {
   restoreStateKeepingRam(state: ArrayBuffer): Promise<void>;
 }
 
-export interface Migratable extends Pausable, Snapshottable {
+/** The engine's own clock, which device timers run on: it must continue across a move. */
+export interface Clocked {
+  /** The engine's clock now (ms). */
+  clockMs(): number;
+  /** Continue from `savedClockMs`, read when the wall clock said `savedAtMs`, counting the pause. */
+  continueClock(savedClockMs: number, savedAtMs: number): void;
+}
+
+export interface Migratable extends Pausable, Snapshottable, Clocked {
   /** A raw view of guest RAM (re-fetch it: a view can be detached when wasm memory grows). */
   ram(): Uint8Array;
 }

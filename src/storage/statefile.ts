@@ -31,6 +31,8 @@ export interface StateHeader {
   createdAt: string;
   /** Guest wall clock (unix ms) at the moment the state was saved. */
   savedAtMs: number;
+  /** The engine's clock (device timers) at the save, continued on restore (absent in templates). */
+  engineClockMs?: number;
   /**
    * How the payload holds RAM: "engine" (absent): the engine's own state, RAM included;
    * "pages": the engine's state without RAM, then a bitmap and the non-zero pages (see below).

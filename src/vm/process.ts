@@ -12,13 +12,56 @@ import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js"
 import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
+import { monotonicMs } from "../common/time.js";
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
 const CONSOLE_FLUSH_BYTES = 16 * 1024;
+/** Frames sent to the host agent and not yet written to the IPC channel; beyond it frames are dropped. */
+const MAX_FRAMES_IN_FLIGHT = 512;
 
 function send(msg: ChildMessage): void {
   if (process.send !== undefined && process.connected) process.send(msg);
+}
+
+/**
+ * The NIC's side of the IPC channel: frames the guest sends go to the host agent's switch port,
+ * frames from the port go to the guest. Never queues without bound: when the channel is backed
+ * up, frames are dropped and counted (like a NIC whose ring is full).
+ */
+class NicLink {
+  private inFlight = 0;
+  dropped = 0;
+  /** Set from the switchover of a live migration out: frames from the agent go back to it (see "bounced"). */
+  bouncing = false;
+  private readonly onSent = (): void => {
+    this.inFlight--;
+  };
+
+  constructor(private readonly engine: Engine) {
+    engine.onFrame((f) => this.toAgent(f, false));
+  }
+
+  private toAgent(data: Uint8Array, bounced: boolean): void {
+    if (process.send === undefined || !process.connected) return;
+    if (this.inFlight >= MAX_FRAMES_IN_FLIGHT) {
+      this.dropped++;
+      return;
+    }
+    this.inFlight++;
+    try {
+      process.send(bounced ? { t: "frame", data, bounced: true } : { t: "frame", data }, undefined, undefined, this.onSent);
+    } catch {
+      this.inFlight--;
+      this.dropped++;
+    }
+  }
+
+  /** A frame from the switch port. */
+  fromAgent(data: Uint8Array): void {
+    if (this.bouncing) this.toAgent(data, true);
+    else this.engine.deliverFrame(data);
+  }
 }
 
 class VmProcess {
@@ -38,6 +81,7 @@ class VmProcess {
   private restoredFrom: string | undefined;
   /** Set once a live migration out of this process completed: this copy must never run again. */
   private migratedAway = false;
+  private nic: NicLink | undefined;
 
   constructor(private readonly init: VmInit) {}
 
@@ -58,10 +102,10 @@ class VmProcess {
   }
 
   async start(): Promise<void> {
-    const t0 = performance.now();
+    const t0 = monotonicMs();
     const phases: Record<string, number> = {};
     const mark = (name: string, since: number): number => {
-      const now = performance.now();
+      const now = monotonicMs();
       phases[name] = Math.round((now - since) * 10) / 10;
       return now;
     };
@@ -96,6 +140,7 @@ class VmProcess {
     ]);
     let t = mark("engine+read", t0);
     this.engine = engine;
+    if (init.net !== undefined) this.nic = new NicLink(engine);
     const agent = new GuestAgentClient((bytes) => engine.serialWrite(1, bytes));
     this.agent = agent;
     engine.onSerialByte(1, (b) => agent.feed(b));
@@ -109,7 +154,7 @@ class VmProcess {
         {
           onResumed: (info) => {
             send({ t: "migratedIn", migrationId: start.migrationId, info });
-            send({ t: "ready", startMs: Math.round(performance.now() - t0), phases: { restore: info.restoreMs, resume: info.resumeMs } });
+            send({ t: "ready", startMs: Math.round(monotonicMs() - t0), phases: { restore: info.restoreMs, resume: info.resumeMs } });
             send({ t: "state", state: "running" });
             // The guest's clock stood still during the pause (its TSC was restored as saved): set it.
             agent.setTime(Date.now(), 5_000).catch(() => undefined);
@@ -154,6 +199,7 @@ class VmProcess {
       await agent.setTime(Date.now(), 5_000);
       try {
         await agent.ident(init.start.identity, 20_000);
+        await this.applyMtu(agent);
       } catch (err) {
         throw new HopError("VM_IDENTITY_FAILED", `applying the VM's identity failed: ${(err as Error).message}`, { cause: err });
       }
@@ -167,10 +213,24 @@ class VmProcess {
       // The first command after boot can be lost while the guest's serial line settles:
       // a throw-away command makes sure the agent channel is in sync before we report ready.
       await agent.exec("true", 2_000).catch(() => agent.exec("true", 5_000));
+      await this.applyMtu(agent);
       mark("agent", t);
     }
-    send({ t: "ready", startMs: Math.round(performance.now() - t0), phases });
+    send({ t: "ready", startMs: Math.round(monotonicMs() - t0), phases });
     send({ t: "state", state: "running" });
+  }
+
+  /** A frame for the guest's NIC from the host agent's switch port. */
+  frameFromAgent(data: Uint8Array): void {
+    this.nic?.fromAgent(data);
+  }
+
+  /** Sets the guest's MTU (room for the VXLAN overlay's 50 bytes) through the guest agent. */
+  private async applyMtu(agent: GuestAgentClient): Promise<void> {
+    const mtu = this.init.net?.mtu;
+    if (mtu === undefined) return;
+    const r = await agent.exec(`ip link set eth0 mtu ${Math.floor(mtu)}`, 10_000);
+    if (r.exitCode !== 0) throw new HopError("VM_MTU_FAILED", `setting the guest's MTU to ${mtu} failed: ${r.stderr.trim() || `exit ${r.exitCode}`}`);
   }
 
   /** Restores this VM's own saved state (either RAM layout) into the engine, not yet running. */
@@ -180,6 +240,7 @@ class VmProcess {
     const init = this.init;
     checkCompatible(state.header, { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined }, source);
     const p = state.payload;
+    if (state.header.engineClockMs !== undefined) engine.continueClock(state.header.engineClockMs, state.header.savedAtMs);
     if (state.header.ram === "pages") {
       const s = decodeRamPagesPayload(p, engine.ram(), source);
       await engine.restoreStateKeepingRam(s.buffer.slice(s.byteOffset, s.byteOffset + s.byteLength) as ArrayBuffer);
@@ -199,6 +260,7 @@ class VmProcess {
         return undefined;
       case "resume":
         if (this.migratedAway) throw new HopError("VM_MIGRATED", "this copy of the VM was migrated away and must not run", { status: 409 });
+        if (this.nic !== undefined) this.nic.bouncing = false;
         await engine.run();
         send({ t: "state", state: "running" });
         return undefined;
@@ -218,7 +280,15 @@ class VmProcess {
         const source = new LiveMigrationSource(
           engine,
           { migrationId: req.migrationId, vmName: this.init.name, from: req.from, to: req.to, address: req.address, token: req.token, engineVersion: ENGINE_VERSION, config: req.config, options: req.options },
-          { progress: (progress) => send({ t: "migration", progress }), beforeFinalCopy: () => this.disk?.flush() },
+          {
+            progress: (progress) => {
+              // The guest stops now: the agent holds its port from this message on, and frames
+              // already on their way here go back to it (they must reach the VM where it resumes).
+              if (progress.phase === "stop-and-copy" && this.nic !== undefined) this.nic.bouncing = true;
+              send({ t: "migration", progress });
+            },
+            beforeFinalCopy: () => this.disk?.flush(),
+          },
         );
         this.outgoing = { id: req.migrationId, source };
         try {
@@ -227,6 +297,7 @@ class VmProcess {
             this.migratedAway = true;
             return { ok: true, report: out.report } satisfies MigrateOutResult;
           }
+          if (out.sourceMayResume && this.nic !== undefined) this.nic.bouncing = false;
           if (out.sourceMayResume) send({ t: "state", state: engine.running ? "running" : "paused" });
           return { ok: false, error: { code: out.error.code, message: out.error.message }, sourceMayResume: out.sourceMayResume } satisfies MigrateOutResult;
         } finally {
@@ -241,15 +312,15 @@ class VmProcess {
       case "resumeFrom": {
         if (this.init.start.mode !== "awaitState" || this.restoredFrom !== undefined) throw new HopError("VM_NOT_WAITING", "this VM process is not waiting for a saved state", { status: 409 });
         this.restoredFrom = req.statePath;
-        const t0 = performance.now();
+        const t0 = monotonicMs();
         const state = await readStateFile(req.statePath);
-        const read = performance.now();
+        const read = monotonicMs();
         await this.restoreSaved(state, req.statePath);
-        const restored = performance.now();
+        const restored = monotonicMs();
         await engine.run();
         agent.setTime(Date.now(), 5_000).catch(() => undefined);
         const phases = { read: round1(read - t0), restore: round1(restored - read) };
-        send({ t: "ready", startMs: Math.round(performance.now() - t0), phases });
+        send({ t: "ready", startMs: Math.round(monotonicMs() - t0), phases });
         send({ t: "state", state: "running" });
         return { phases };
       }
@@ -264,14 +335,14 @@ class VmProcess {
       case "stats": {
         const usage = process.cpuUsage();
         const mem = process.memoryUsage();
-        return { instructions: engine.instructionCount(), rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, cpuUserUs: usage.user, cpuSystemUs: usage.system };
+        return { instructions: engine.instructionCount(), rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, cpuUserUs: usage.user, cpuSystemUs: usage.system, ...(this.nic !== undefined ? { nicDropped: this.nic.dropped } : {}) };
       }
       case "saveState": {
         const wasRunning = engine.running;
         if (wasRunning) await engine.pause();
         try {
           this.disk?.flush();
-          const header = { ...req.header, engine: ENGINE_VERSION, createdAt: new Date().toISOString(), savedAtMs: Date.now() };
+          const header = { ...req.header, engine: ENGINE_VERSION, createdAt: new Date().toISOString(), savedAtMs: Date.now(), ...(req.header.kind !== "template" ? { engineClockMs: engine.clockMs() } : {}) };
           const options = { durable: req.durable !== false };
           if (req.ramPages === true) {
             const parts = encodeRamPagesPayload(new Uint8Array(await engine.saveStateWithoutRam()), engine.ram());
@@ -379,6 +450,10 @@ export function runVmProcess(): void {
       const socket = handle as Socket | undefined;
       if (vm !== undefined) vm.acceptSocket(msg, socket);
       else socket?.destroy();
+      return;
+    }
+    if (msg.t === "frame") {
+      vm?.frameFromAgent(msg.data);
       return;
     }
     if (msg.t === "init") {
