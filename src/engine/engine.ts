@@ -35,7 +35,7 @@ export interface EngineOptions {
   serialPorts: number;
 }
 
-export const DEFAULT_VGA_KIB = 256;
+export { DEFAULT_VGA_KIB } from "./constants.js";
 
 function toArrayBuffer(b: Uint8Array): ArrayBuffer {
   return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
