@@ -384,6 +384,57 @@ void describe("migration between host agents with real guests", { timeout: 15 * 
     }
   });
 
+  void test("target VM process killed while the source is paused for the final copy: the source resumes", async () => {
+    const hb = await runningVm("kt2");
+    try {
+      const off = hosts.a.sup.onEvent((ev) => {
+        if (ev.type === "migration.progress" && ev.vm === "kt2" && ev.progress.phase === "stop-and-copy") {
+          const pid = hosts.b.sup.pidOf("kt2");
+          if (pid !== undefined) process.kill(pid, "SIGKILL");
+        }
+      });
+      await expectCode(hosts.a.sup.migrate("kt2", { to: "b", mode: "live" }), /^MIGRATION_/);
+      off();
+      assert.equal(hosts.a.sup.get("kt2").state, "running");
+      await waitFor(() => !hosts.b.sup.list().some((v) => v.name === "kt2"), 10_000, "the target to forget the VM");
+      await hb.waitMore(20);
+      hb.assertContinuous();
+      assert.equal(await counter("a", "kt2"), 2);
+    } finally {
+      hb.stop();
+      await removeEverywhere("kt2");
+    }
+  });
+
+  void test("source VM process killed right after COMPLETE: the target runs the VM, the source host lets it go", async () => {
+    const hb = await runningVm("ks2");
+    try {
+      const off = hosts.a.sup.onEvent((ev) => {
+        if (ev.type === "migration.progress" && ev.vm === "ks2" && ev.progress.phase === "switchover") {
+          const pid = hosts.a.sup.pidOf("ks2");
+          if (pid !== undefined) process.kill(pid, "SIGKILL");
+        }
+      });
+      const err = await expectCode(hosts.a.sup.migrate("ks2", { to: "b", mode: "live" }), /^MIGRATION_|^VM_PROCESS_EXITED$/);
+      off();
+      if (err.code === "MIGRATION_REPORT_LOST") {
+        // COMPLETE reached the target first: it runs there, once.
+        assert.deepEqual(whereRuns("ks2"), ["b"]);
+        assert.equal(hosts.a.sup.list().find((v) => v.name === "ks2"), undefined);
+        await hb.waitMore(20);
+        hb.assertContinuous();
+        assert.equal(await counter("b", "ks2"), 2);
+      } else {
+        // The process died before COMPLETE left it: the target discarded its copy.
+        await waitFor(() => !hosts.b.sup.list().some((v) => v.name === "ks2"), 35_000, "the target to drop its copy");
+        assert.deepEqual(whereRuns("ks2"), []);
+      }
+    } finally {
+      hb.stop();
+      await removeEverywhere("ks2");
+    }
+  });
+
   void test("cancel during pre-copy: the source runs on", async () => {
     const hb = await runningVm("cancel1");
     try {
