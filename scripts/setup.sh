@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Hopvisor needs on a fresh Debian machine of this kind, idempotently:
 # Debian packages (gcc-multilib for the static i386 guest tools, e2fsprogs for data disks,
-# iproute2 for networking), npm dependencies, and the TypeScript build. The guest image
+# iproute2 and iputils-ping for virtual networking), npm dependencies, and the TypeScript build. The guest image
 # itself (kernel, busybox, seabios from Debian's packages) is built on first use by
 # `hop image build`, which this script runs too, so the first demo/test does not wait for it.
 set -euo pipefail
@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 need=()
 dpkg -s gcc-multilib >/dev/null 2>&1 || need+=(gcc-multilib)
 command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || need+=(e2fsprogs)
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# ping: the demo and the network tests ping guests from the host (through the Linux gateway).
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,54 +1,24 @@
 /**
- * `hop demo`: builds the guest image if needed, starts two host agents on loopback, starts a
- * real Linux VM on the first one from the template, shows its serial console, and talks to
- * the TCP service inside it. (The migration issues extend it to move the VM while a client talks.)
+ * `hop demo`: builds the guest image if needed, starts two host agents on loopback joined by a
+ * virtual network (VXLAN between their own loopback addresses), starts a real Linux VM on the
+ * first one from the template, shows its serial console, talks to the TCP service inside it,
+ * then moves it back and forth (live, then quick) while a client keeps talking to it. As root
+ * the client is a real TCP client on this machine reaching the guest by IP through the first
+ * agent's Linux gateway (and ping runs alongside); otherwise it is the guest's own kvc, run
+ * through the guest agent of whichever host has the VM.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import type { Command } from "commander";
-import { HopError } from "../common/errors.js";
-import { packageRoot } from "../common/paths.js";
 import { ensureImage } from "../image/index.js";
 import type WebSocket from "ws";
+import { startAgent, type AgentProcess } from "../host/agents.js";
 import { HostClient, waitOpen } from "../host/client.js";
+import { KvdProbe, Pinger, type KvdProbeStats } from "../host/probes.js";
+import { freeSubnet, isRoot } from "../net/index.js";
 import { progressReporter } from "./image.js";
-
-interface Agent {
-  name: string;
-  proc: ChildProcess;
-  url: string;
-}
-
-/** A host agent process; all demo agents share one datastore (as hosts share a SAN or NFS export). */
-function startAgent(name: string, datastore: string, token: string, peers: string[] = []): Promise<Agent> {
-  const args = [join(packageRoot, "bin", "hop.js"), "host", "serve", "--name", name, "--listen", "127.0.0.1:0", "--datastore", datastore, "--token", token];
-  for (const p of peers) args.push("--peer", p);
-  const proc = spawn(process.execPath, args, {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, HOP_LOG_LEVEL: process.env["HOP_LOG_LEVEL"] ?? "warn" },
-  });
-  proc.stderr?.pipe(process.stderr);
-  return new Promise((resolve, reject) => {
-    const rl = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
-    rl.on("line", (line) => {
-      const m = /listening on (\S+)/.exec(line);
-      if (m?.[1] !== undefined) resolve({ name, proc, url: m[1] });
-    });
-    proc.once("exit", (code) => reject(new HopError("DEMO_AGENT_FAILED", `host agent ${name} exited (code ${String(code)}) before listening`)));
-  });
-}
-
-async function stopAgent(a: Agent): Promise<void> {
-  if (a.proc.exitCode !== null) return;
-  const exited = new Promise((r) => a.proc.once("exit", r));
-  a.proc.kill("SIGTERM");
-  await Promise.race([exited, new Promise((r) => setTimeout(r, 20_000))]);
-  if (a.proc.exitCode === null) a.proc.kill("SIGKILL");
-}
 
 function table(rows: string[][]): string {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
@@ -64,19 +34,29 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<void> {
 
   const dir = await mkdtemp(join(tmpdir(), "hop-demo-"));
   const token = randomBytes(32).toString("hex");
-  const agents: Agent[] = [];
+  const agents: AgentProcess[] = [];
+  const root = isRoot();
   try {
+    // The virtual network: a subnet no route of this machine uses; each agent has its own
+    // loopback address as its VXLAN underlay. As root, host-a also gives this machine a way in.
+    const subnet = await freeSubnet().catch(() => "10.99.0.0/24");
+    const network = `demo:${randomInt(1000, 1 << 20)}:${subnet}`;
+    const base = `127.${randomInt(64, 250)}.${randomInt(1, 250)}`;
+    const underlay = { a: `${base}.1`, b: `${base}.2` };
     // host-b first, so host-a can be told where it is; host-a's address goes to host-b through a URL in each migrate call.
     const datastore = join(dir, "datastore");
-    const agentB = await startAgent("host-b", datastore, token);
+    const common = { datastore, token, networks: [network] };
+    const agentB = await startAgent({ ...common, name: "host-b", underlay: underlay.b, vxlanRemotes: [underlay.a] });
     agents.push(agentB);
-    const agentA = await startAgent("host-a", datastore, token, [`host-b=${agentB.url}`]);
+    const agentA = await startAgent({ ...common, name: "host-a", underlay: underlay.a, vxlanRemotes: [underlay.b], peers: [`host-b=${agentB.url}`], ...(root ? { hostAccess: ["demo"] } : {}) });
     agents.push(agentA);
-    for (const x of [agentA, agentB]) say(`host agent ${x.name} on ${x.url}`);
+    for (const x of [agentA, agentB]) say(`host agent ${x.name} on ${x.url}, VXLAN endpoint ${x.vtep ?? "-"}`);
     const a = new HostClient(agentA.url, token);
     const b = new HostClient(agentB.url, token);
+    const access = (await a.networks()).networks.find((n) => n.name === "demo")?.hostAccess;
+    say(`virtual network demo: ${subnet}${access !== undefined ? `, reachable from this machine through a Linux gateway (${access.address} in namespace ${access.namespace})` : " (not root: no Linux gateway, this machine cannot reach the guests by IP)"}`);
 
-    await a.create({ name: "demo1", memoryMiB: 128, ip: "10.99.0.10/24", diskMiB: 32 });
+    await a.create({ name: "demo1", memoryMiB: 128, network: "demo", diskMiB: 32 });
     say("starting VM demo1 on host-a (the first start of this hardware profile boots a template once)...");
     const console: string[] = [];
     const info = await a.start("demo1");
@@ -108,7 +88,8 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<void> {
     say(`\ndata disk: ${disk.stdout.trim()}`);
     say(`guest network: ${(await a.exec("demo1", "ip -4 -o addr show eth0")).stdout.trim()}`);
 
-    const where = await migrationTour(say, { a: { client: a, url: agentA.url }, b: { client: b, url: agentB.url } });
+    const guestIp = info.config.ip?.split("/")[0] ?? "";
+    const where = await migrationTour(say, { a: { client: a, url: agentA.url }, b: { client: b, url: agentB.url } }, access !== undefined ? guestIp : undefined);
 
     if (opts.keep !== true) {
       say("\nshutting demo1 down through its guest agent...");
@@ -117,7 +98,7 @@ export async function runDemo(opts: { keep?: boolean } = {}): Promise<void> {
     }
     say("demo done.");
   } finally {
-    await Promise.all(agents.map(stopAgent));
+    await Promise.all(agents.map((x) => x.stop()));
     await rm(dir, { recursive: true, force: true });
   }
 }
@@ -127,13 +108,83 @@ interface Side {
   url: string;
 }
 
+/** The client's view of the guest while it moves: reply times and counter values. */
+interface TourClient {
+  label: string;
+  times: number[];
+  values: number[];
+  errors(): number;
+  notes(): string[];
+  stop(): Promise<void>;
+}
+
+/**
+ * The real client (root): a TCP connection from this machine to kvd in the guest, through the
+ * Linux gateway, an INCR every 5 ms with every reply checked.
+ */
+async function tcpClient(ip: string): Promise<TourClient> {
+  const probe = await KvdProbe.connect({ host: ip, mode: "incr", key: "clicks", intervalMs: 5 });
+  probe.start();
+  let final: KvdProbeStats | undefined;
+  return {
+    label: `a TCP client on this machine (connected to ${ip}:7000 through the Linux gateway), INCR every 5 ms`,
+    times: probe.replyTimes,
+    values: probe.replyValues,
+    errors: () => probe.stats().errors,
+    notes: () => {
+      const st = final ?? probe.stats();
+      return [`one TCP connection for the whole tour: ${st.closed ? "it broke" : "open throughout"}, ${st.replies} of ${st.sent} requests answered, ${st.errors} errors${st.errorMessages.length > 0 ? ` (${st.errorMessages.slice(0, 3).join("; ")})` : ""}`];
+    },
+    stop: async () => {
+      final = await probe.stop();
+      probe.close();
+    },
+  };
+}
+
+/** Not root: the guest's own kvc, run through the guest agent of whichever host has the VM, INCR every 20 ms. */
+function execClient(hosts: { a: Side; b: Side }, here: () => "a" | "b", other: (h: "a" | "b") => void): TourClient {
+  const times: number[] = [];
+  const values: number[] = [];
+  let failures = 0;
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      try {
+        const r = await hosts[here()].client.exec("demo1", "kvc 127.0.0.1 7000 INCR clicks", { timeoutMs: 10_000 });
+        const m = /VALUE (\d+)/.exec(r.stdout);
+        if (m?.[1] !== undefined) {
+          times.push(performance.now());
+          values.push(Number(m[1]));
+        }
+      } catch {
+        // The VM moved under the request: ask the other host.
+        failures++;
+        other(here());
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  return {
+    label: "the guest's kvc through the guest agent, INCR every 20 ms (not root: this machine has no route to the guest)",
+    times,
+    values,
+    errors: () => 0,
+    notes: () => [`${failures} request(s) re-sent to the new host after a move`],
+    stop: async () => {
+      running = false;
+      await loop;
+    },
+  };
+}
+
 /**
  * Moves demo1 back and forth (three live migrations, then one quick migration) while a client
- * keeps asking the VM's TCP service (kvd, through the guest agent of whichever host runs the
- * VM) and the guest prints a heartbeat every 10 ms on its serial console; then prints what the
- * client saw next to what the hosts measured. Returns the client of the host the VM ends on.
+ * keeps asking the VM's TCP service and the guest prints a heartbeat every 10 ms on its serial
+ * console; then prints what the client saw next to what the hosts measured. Returns the client
+ * of the host the VM ends on.
  */
-async function migrationTour(say: (s: string) => void, hosts: { a: Side; b: Side }): Promise<HostClient> {
+async function migrationTour(say: (s: string) => void, hosts: { a: Side; b: Side }, guestIp: string | undefined): Promise<HostClient> {
   say("\n-- moving demo1 while a client talks to it --");
   let here: "a" | "b" = "a";
   const other = (h: "a" | "b"): "a" | "b" => (h === "a" ? "b" : "a");
@@ -169,28 +220,12 @@ async function migrationTour(say: (s: string) => void, hosts: { a: Side; b: Side
   watchConsole(hosts.a);
   await hosts.a.client.exec("demo1", "hb -i 10 > /dev/ttyS0 2>&1 &");
 
-  // The client: INCR every 20 ms, on whichever host answers for the VM.
-  const replies: { at: number; ms: number; value: number }[] = [];
-  let failures = 0;
-  let running = true;
-  const client = (async () => {
-    while (running) {
-      const t0 = performance.now();
-      try {
-        const r = await hosts[here].client.exec("demo1", "kvc 127.0.0.1 7000 INCR clicks", { timeoutMs: 10_000 });
-        const m = /VALUE (\d+)/.exec(r.stdout);
-        if (m?.[1] !== undefined) replies.push({ at: performance.now(), ms: performance.now() - t0, value: Number(m[1]) });
-      } catch {
-        // The VM moved under the request: ask the other host.
-        failures++;
-        here = other(here);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  })();
+  const client = guestIp !== undefined ? await tcpClient(guestIp) : execClient(hosts, () => here, (h) => (here = other(h)));
+  const ping = guestIp !== undefined ? new Pinger(guestIp, 10) : undefined;
+  say(`client: ${client.label}${ping !== undefined ? "; ping every 10 ms alongside" : ""}`);
   await new Promise((r) => setTimeout(r, 1500));
 
-  const rows: string[][] = [["move", "mode", "total ms", "pause on hosts ms", "longest heartbeat silence ms", "client replies", "slowest reply ms", "counter"]];
+  const rows: string[][] = [["move", "mode", "total ms", "pause on hosts ms", "heartbeat silence ms", "client: longest gap ms", "replies", "errors", "counter", ...(ping !== undefined ? ["pings lost"] : [])]];
   const moves: { to: "a" | "b"; mode: "live" | "quick" }[] = [
     { to: "b", mode: "live" },
     { to: "a", mode: "live" },
@@ -200,35 +235,50 @@ async function migrationTour(say: (s: string) => void, hosts: { a: Side; b: Side
   for (const move of moves) {
     const from = other(move.to);
     const t0 = performance.now();
-    const r0 = replies.length;
+    const errors0 = client.errors();
+    const seq0 = ping?.seqAt(t0);
     const report = await hosts[from].client.migrate("demo1", { to: hosts[move.to].url, mode: move.mode });
     here = move.to;
+    const t1 = performance.now();
     await new Promise((r) => setTimeout(r, 1000));
     const window = beats.filter((x) => x.at >= t0 - 100);
     let silence = 0;
     for (let i = 1; i < window.length; i++) silence = Math.max(silence, window[i]!.at - window[i - 1]!.at);
-    const seen = replies.slice(r0);
-    const values = seen.map((x) => x.value);
+    // What the client saw from the request to 1 s after the VM ran on the target.
+    let gap = 0;
+    let prev = t0;
+    const values: number[] = [];
+    for (let i = 0; i < client.times.length; i++) {
+      const t = client.times[i]!;
+      if (t < t0 || t > t1 + 1000) continue;
+      gap = Math.max(gap, t - prev);
+      prev = t;
+      values.push(client.values[i]!);
+    }
     const inOrder = values.every((v, i) => i === 0 || v === values[i - 1]! + 1);
+    const lost = ping !== undefined && seq0 !== undefined ? ping.lost(seq0, ping.seqAt(t1 + 1000) ?? seq0).length : undefined;
     rows.push([
       `host-${from} -> host-${move.to}`,
       move.mode,
       report.totalMs.toFixed(0),
       report.downtimeMs.toFixed(1),
       silence.toFixed(0),
-      String(seen.length),
-      Math.max(0, ...seen.map((x) => x.ms)).toFixed(0),
+      gap.toFixed(0),
+      String(values.length),
+      String(client.errors() - errors0),
       values.length > 0 ? `${values[0]}..${values[values.length - 1]}${inOrder ? "" : " (gap!)"}` : "-",
+      ...(lost !== undefined ? [String(lost)] : []),
     ]);
   }
-  running = false;
-  await client;
+  await client.stop();
+  await ping?.stop();
   const seqs = beats.map((x) => x.seq);
   const holes = seqs.filter((v, i) => i > 0 && v !== seqs[i - 1]! + 1).length;
   for (const ws of sockets) ws.close();
   say(table(rows));
   say(`heartbeats: ${beats.length} received, ${holes === 0 ? "sequence continuous (no beat lost or repeated)" : `${holes} breaks in the sequence`}`);
-  say(`client: ${replies.length} replies, counter ${replies[0]?.value ?? "-"}..${replies[replies.length - 1]?.value ?? "-"}, ${failures} request(s) re-sent to the new host after a move`);
+  const vals = client.values.filter(Number.isFinite);
+  say(`client: ${vals.length} replies, counter ${vals[0] ?? "-"}..${vals[vals.length - 1] ?? "-"}; ${client.notes().join("; ")}`);
   say(`guest clock after the moves: ${(await hosts[here].client.exec("demo1", "date -u +%H:%M:%S")).stdout.trim()} (host: ${new Date().toISOString().slice(11, 19)})`);
   return hosts[here].client;
 }

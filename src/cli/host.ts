@@ -16,6 +16,10 @@ interface ServeOptions {
   tokenFile?: string;
   migrationListen: string;
   peer: string[];
+  underlay?: string;
+  vxlanRemote: string[];
+  network: string[];
+  hostAccess: string[];
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -74,6 +78,10 @@ export function register(program: Command): void {
     .option("--token-file <file>", "read the token from this file")
     .option("--migration-listen <addr>", "where to accept live migrations: HOST:PORT (port 0: any free port)", "127.0.0.1:0")
     .option("--peer <name=url>", "another host agent of the cluster (repeatable); VMs can migrate to it by name", collect, [] as string[])
+    .option("--underlay <addr[:port]>", "this host's address for the VXLAN overlay between hosts (UDP port default 4789, the same on every host)")
+    .option("--vxlan-remote <addr[:port]>", "another host's underlay address (repeatable): virtual networks span these hosts", collect, [] as string[])
+    .option("--network <name:vni:subnet[:gateway]>", "carry a virtual network, e.g. net1:100:10.10.0.0/24 (repeatable; defined in the datastore if new)", collect, [] as string[])
+    .option("--host-access <network>", "let programs on this machine reach the network's guests by IP through a Linux gateway (root; repeatable)", collect, [] as string[])
     .action(async (opts: ServeOptions) => {
       const name = opts.name.trim();
       if (name === "") throw new HopError("BAD_HOST_NAME", "--name must not be empty");
@@ -86,6 +94,8 @@ export function register(program: Command): void {
       // Loaded here so that the other commands do not pull in the emulator and image builder.
       const { LocalSupervisor } = await import("../host/supervisor.js");
       const { httpPeerResolver } = await import("../host/client.js");
+      const { parseNetworkArg } = await import("../host/network.js");
+      const networks = opts.network.map(parseNetworkArg);
       const supervisor = new LocalSupervisor({
         hostName: name,
         datastore,
@@ -93,15 +103,28 @@ export function register(program: Command): void {
         token,
         migrationListen: parseListen(opts.migrationListen),
         peers: httpPeerResolver(token, parsePeers(opts.peer)),
+        network: {
+          ...(opts.underlay !== undefined ? { underlay: opts.underlay } : {}),
+          remotes: opts.vxlanRemote,
+          networks,
+          hostAccess: opts.hostAccess,
+        },
       });
-      await supervisor.init();
+      try {
+        await supervisor.init();
+      } catch (err) {
+        await supervisor.close().catch(() => undefined);
+        throw err;
+      }
       let server;
       try {
-        server = await serveHost({ supervisor, migrations: supervisor, token, listen: opts.listen, log });
+        server = await serveHost({ supervisor, migrations: supervisor, networks: supervisor, token, listen: opts.listen, log });
       } catch (err) {
         await supervisor.close();
         throw err;
       }
+      const vtep = supervisor.net.vtepEndpoint;
+      if (vtep !== undefined) process.stdout.write(`host ${name} vxlan endpoint ${vtep}\n`);
       process.stdout.write(`host ${name} listening on ${server.url}\n`);
 
       const srv = server;

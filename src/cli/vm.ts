@@ -25,6 +25,7 @@ function describeVm(info: VmInfo): string {
     ["state", info.state],
     ["memory", memoryText(info)],
     ["mac", c.mac],
+    ["network", c.network],
     ["ip", c.ip !== undefined ? `${c.ip}${c.gw !== undefined ? ` (gateway ${c.gw})` : ""}` : undefined],
     ["disk", c.disk !== undefined ? `${c.disk.path} (${c.disk.sizeMiB} MiB)` : undefined],
     ["boot", c.boot === "cold" ? "cold (boots the kernel)" : "template (restores the template state)"],
@@ -66,6 +67,7 @@ interface CreateOptions extends HostOptions {
   mac?: string;
   ip?: string;
   gw?: string;
+  network?: string;
   disk?: number;
   coldBoot?: boolean;
 }
@@ -80,8 +82,9 @@ export function register(program: Command): void {
       .argument("<name>", "VM name (a-z, 0-9, '-')")
       .option("--memory <MiB>", `memory in MiB (${MIN_MEMORY_MIB}-${MAX_MEMORY_MIB}, multiple of 4; default 128)`, intOption(1, 1 << 20))
       .option("--mac <mac>", "MAC address (default: random, 02:68:6f:…)")
-      .option("--ip <addr/prefix>", "static IPv4 address with prefix, e.g. 10.10.0.5/24")
-      .option("--gw <addr>", "default gateway")
+      .option("--network <name>", "connect the NIC to this virtual network (the address comes from its pool)")
+      .option("--ip <addr/prefix>", "static IPv4 address with prefix, e.g. 10.10.0.5/24 (with --network: the address to ask the pool for)")
+      .option("--gw <addr>", "default gateway (with --network: the network's gateway unless given)")
       .option("--disk <MiB>", "create a data disk of this size (mounted on /data)", intOption(1, 1 << 20))
       .option("--cold-boot", "boot the kernel on every start instead of restoring the template state"),
   ).action(async (name: string, opts: CreateOptions) => {
@@ -92,13 +95,14 @@ export function register(program: Command): void {
       ...(opts.mac !== undefined ? { mac: opts.mac } : {}),
       ...(opts.ip !== undefined ? { ip: opts.ip } : {}),
       ...(opts.gw !== undefined ? { gw: opts.gw } : {}),
+      ...(opts.network !== undefined ? { network: opts.network } : {}),
       ...(opts.disk !== undefined ? { diskMiB: opts.disk } : {}),
       ...(opts.coldBoot === true ? { boot: "cold" as const } : {}),
     };
     const info = await client.create(req);
     output(opts, info, () => {
       const c = info.config;
-      const extra = [memoryText(info), `mac ${c.mac}`, ...(c.ip !== undefined ? [`ip ${c.ip}`] : []), ...(c.disk !== undefined ? [`disk ${c.disk.sizeMiB} MiB`] : []), `${c.boot} boot`];
+      const extra = [memoryText(info), `mac ${c.mac}`, ...(c.network !== undefined ? [`network ${c.network}`] : []), ...(c.ip !== undefined ? [`ip ${c.ip}`] : []), ...(c.disk !== undefined ? [`disk ${c.disk.sizeMiB} MiB`] : []), `${c.boot} boot`];
       return `created ${info.name} (${extra.join(", ")})`;
     });
   });

@@ -3,7 +3,7 @@ import { createRequire } from "node:module";
 import { checkEngineClock, continueEngineClock, engineNow } from "./clock.js";
 import { V86 } from "v86";
 import { EngineInitError, EngineStateError } from "./errors.js";
-import { cpuOf, installIdleScheduler, keepingRam, ramView, selfTest, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+import { cpuOf, installIdleScheduler, installJitGate, keepingRam, ramView, selfTest, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
 
 const require = createRequire(import.meta.url);
 const wasmPath = require.resolve("v86/build/v86.wasm");
@@ -102,6 +102,7 @@ export class Engine {
       throw new EngineInitError((err as Error).message, err);
     }
     installIdleScheduler(emu);
+    installJitGate(emu);
     return new Engine(emu, options);
   }
 

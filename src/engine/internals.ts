@@ -22,6 +22,8 @@ export interface V86Cpu {
   is_memory_zeroed: (addr: number, length: number) => boolean;
   unpack_memory: (bitmap: unknown, packed: unknown) => void;
   instruction_counter: Uint32Array | Float64Array;
+  /** v86's JIT settings; index 0 is "JIT disabled": no new code is compiled (compiled code still runs). */
+  set_jit_config: (index: number, value: number) => void;
   devices: { virtio_net?: { mac: Uint8Array }; ne2k?: { mac: Uint8Array } };
 }
 
@@ -89,6 +91,7 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
   if (typeof cpu.is_memory_zeroed !== "function") throw new EngineSelfTestError("cpu.is_memory_zeroed is not a function");
   if (typeof cpu.unpack_memory !== "function") throw new EngineSelfTestError("cpu.unpack_memory is not a function");
   if (typeof emulator.bus?.send !== "function") throw new EngineSelfTestError("emulator.bus is missing");
+  if (typeof cpu.set_jit_config !== "function") throw new EngineSelfTestError("cpu.set_jit_config is not a function");
   if (typeof emulator.v86.yield !== "function" || typeof emulator.v86.yield_callback !== "function") {
     throw new EngineSelfTestError("the emulator's yield/yield_callback scheduler hooks are missing");
   }
@@ -118,5 +121,50 @@ export function installIdleScheduler(emulator: V86Emulator): void {
   v86.yield = (t: number, tick: number): void => {
     if (t > 0) setTimeout(callback, Math.ceil(t), tick);
     else original(t, tick);
+  };
+}
+
+/** Guest instructions/s from which a guest counts as busy for the JIT (an idle guest runs ~1M/s). */
+const JIT_BUSY_INSTRUCTIONS_PER_S = 2_500_000;
+/** The instruction rate is measured over windows this long... */
+const JIT_GATE_WINDOW_MS = 100;
+/** ...and compiling stays on this long after the last busy window (bursts such as exec). */
+const JIT_GATE_HOLD_MS = 2_000;
+
+/**
+ * Lets v86's JIT compile only while the guest is busy. The JIT compiles a page once code on it
+ * has run 200k instructions in total, a count that never decays: an idle guest runs its
+ * timer-interrupt path (~4k instructions, 250 times/s, spread over a few dozen kernel pages) and
+ * crosses that threshold page after page during its first minutes, and V8 then compiles each
+ * generated module twice (Liftoff, then TurboFan: ~35 ms of CPU each). That was most of the CPU
+ * of an idle VM's V8 worker threads, and bought nothing: the idle tick costs the same
+ * interpreted (cold caches and short runs between page changes dominate it). So compiling is
+ * off while the guest runs fewer than JIT_BUSY_INSTRUCTIONS_PER_S, and on from the first busy
+ * window until JIT_GATE_HOLD_MS after the last one. Code already compiled keeps running, and
+ * while compiling is off v86 does not count hotness either.
+ */
+export function installJitGate(emulator: V86Emulator): void {
+  const v86 = emulator.v86;
+  const cpu = v86.cpu;
+  const next = v86.yield.bind(v86);
+  const busyPerWindow = (JIT_BUSY_INSTRUCTIONS_PER_S * JIT_GATE_WINDOW_MS) / 1000;
+  let compiling = true;
+  let windowStart = performance.now();
+  let lastBusy = windowStart;
+  let windowInstructions = emulator.get_instruction_counter();
+  v86.yield = (t: number, tick: number): void => {
+    const now = performance.now();
+    if (now - windowStart >= JIT_GATE_WINDOW_MS) {
+      const instructions = emulator.get_instruction_counter();
+      if ((instructions - windowInstructions) >>> 0 >= busyPerWindow) lastBusy = now;
+      const busy = now - lastBusy < JIT_GATE_HOLD_MS;
+      if (busy !== compiling) {
+        cpu.set_jit_config(0, busy ? 0 : 1);
+        compiling = busy;
+      }
+      windowStart = now;
+      windowInstructions = instructions;
+    }
+    next(t, tick);
   };
 }

@@ -12,6 +12,7 @@ import { vmCreateSchema, vmNameSchema } from "../vm/config.js";
 import type { ExecResult, HostEvent, MigrationService, Supervisor, VmInfo } from "./types.js";
 import type { IncomingOutcome, IncomingTicket } from "./migration.js";
 import type { MigrationReport } from "../migration/index.js";
+import type { NetworkDetail, NetworkInfo, NetworkService, NetworksResponse } from "./network.js";
 
 /** Largest request body (and WebSocket message) the API accepts. */
 export const BODY_LIMIT = 1024 * 1024;
@@ -171,7 +172,7 @@ interface NameParams {
  * Installs the /v1 routes, the JSON body parser and the JSON error / not-found handlers on
  * `app` (which must already have @fastify/websocket registered).
  */
-export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrations?: MigrationService): void {
+export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrations?: MigrationService, networks?: NetworkService): void {
   const startedAt = Date.now();
 
   // JSON bodies only (other types are 415): an empty body is "no body"; anything unparsable is
@@ -254,6 +255,7 @@ export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrat
 
   // Host events as JSON text messages. Anything the client sends is ignored.
   if (migrations !== undefined) registerMigrationRoutes(app, migrations);
+  if (networks !== undefined) registerNetworkRoutes(app, networks);
 
   app.get("/v1/events", { websocket: true }, (socket, req) => {
     req.log.debug("events client connected");
@@ -305,6 +307,18 @@ export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrat
       req.log.debug({ vm: name }, "console client detached");
     });
   });
+}
+
+const networkNameParam = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,31}$/, "must be a network name");
+
+/** Virtual networks of the host: list (with the VTEP and counters), create (validated by the service), one in detail. */
+function registerNetworkRoutes(app: FastifyInstance, n: NetworkService): void {
+  app.get("/v1/networks", async (): Promise<NetworksResponse> => n.listNetworks());
+  app.post("/v1/networks", async (req, reply) => {
+    const info: NetworkInfo = await n.createNetwork(req.body ?? {});
+    return reply.code(201).send(info);
+  });
+  app.get<{ Params: NameParams }>("/v1/networks/:name", async (req): Promise<NetworkDetail> => n.getNetwork(parseInput(networkNameParam, req.params.name, "name")));
 }
 
 const commitSchema = z.object({ statePath: z.string().min(1).max(1024) }).strict();

@@ -15,6 +15,7 @@ import type { ApiErrorBody, DestroyOptions, ExecRequest, HealthResponse, Shutdow
 import type { ExecResult, HostEvent, VmInfo } from "./types.js";
 import type { IncomingOutcome, IncomingRequest, IncomingTicket, MigratePeerResolver, MigrateRequest, MigrationPeer } from "./migration.js";
 import type { MigrationReport } from "../migration/index.js";
+import type { NetworkCreateRequest, NetworkDetail, NetworkInfo, NetworksResponse } from "./network.js";
 
 /** An error response of the host agent, with the server's code, message and HTTP status. */
 export class ApiError extends HopError {
@@ -166,6 +167,21 @@ export class HostClient {
 
   async fenceIncoming(migrationId: string): Promise<IncomingOutcome> {
     return (await this.call<{ outcome: IncomingOutcome }>("POST", `/v1/migrations/incoming/${enc(migrationId)}/fence`, undefined, 15_000)).outcome;
+  }
+
+  /** The host's virtual networks, its VXLAN endpoint and switch counters. */
+  networks(): Promise<NetworksResponse> {
+    return this.call<NetworksResponse>("GET", "/v1/networks");
+  }
+
+  /** Defines a virtual network (in the datastore) and carries it on this host; `hostAccess`: a Linux gateway here (root). */
+  createNetwork(req: NetworkCreateRequest): Promise<NetworkInfo> {
+    return this.call<NetworkInfo>("POST", "/v1/networks", req);
+  }
+
+  /** One network: ports with counters, MAC table, forwardings, address allocations. */
+  network(name: string): Promise<NetworkDetail> {
+    return this.call<NetworkDetail>("GET", `/v1/networks/${enc(name)}`);
   }
 
   /**

@@ -15,6 +15,7 @@ import type { Logger } from "../common/log.js";
 import { Command, decodeMessage, errorFrame, FrameDecoder, MAX_CONTROL_PAYLOAD_BYTES, MigrationProtocolError, toMigrationError } from "../migration/index.js";
 import type { VmConfig } from "../vm/config.js";
 import { macSchema, memorySchema, vmNameSchema } from "../vm/config.js";
+import { networkSpecSchema } from "./network.js";
 
 export const migrationModeSchema = z.enum(["live", "quick", "cold"]);
 
@@ -41,6 +42,7 @@ const vmConfigSchema = z
     mac: macSchema,
     ip: z.string().optional(),
     gw: z.string().optional(),
+    network: z.string().optional(),
     disk: z.object({ path: z.string().min(1), sizeMiB: z.number().int().min(1) }).optional(),
     boot: z.enum(["template", "cold"]),
     createdAt: z.string(),
@@ -59,6 +61,8 @@ export const incomingRequestSchema = z
     /** The source's datastore id: the VM's files must be on a datastore this host shares. */
     datastoreId: z.string().min(1).max(200),
     verifyRam: z.boolean().optional(),
+    /** The definition of the VM's virtual network, for a target that does not carry it yet. */
+    network: networkSpecSchema.optional(),
   })
   .strict();
 export type IncomingRequest = z.input<typeof incomingRequestSchema>;
@@ -69,6 +73,8 @@ export interface IncomingTicket {
   address?: { host: string; port: number };
   /** Quick: what the restore took on the target. */
   restoreMs?: number;
+  /** The target's VXLAN endpoint ("address:port"): where the source forwards the VM's frames after the switchover. */
+  vtep?: string;
 }
 
 export type IncomingOutcome = "pending" | "resumed" | "resuming" | "aborted";
@@ -91,6 +97,8 @@ export type MigratePeerResolver = (to: string) => MigrationPeer;
 /** Reads the first frame (HELLO) of a new migration connection, then hands the paused socket on. */
 export class MigrationListener {
   private server: Server | undefined;
+  /** Connections that have not sent their HELLO yet (the others belong to VM processes). */
+  private readonly pending = new Set<Socket>();
 
   constructor(
     private readonly route: (migrationId: string, socket: Socket, head: Buffer) => boolean,
@@ -112,6 +120,8 @@ export class MigrationListener {
   }
 
   private accept(socket: Socket): void {
+    this.pending.add(socket);
+    socket.once("close", () => this.pending.delete(socket));
     const decoder = new FrameDecoder({ maxPayload: MAX_CONTROL_PAYLOAD_BYTES });
     const chunks: Buffer[] = [];
     const refuse = (err: unknown): void => {
@@ -134,6 +144,7 @@ export class MigrationListener {
       const first = frames[0];
       if (first === undefined) return;
       cleanup();
+      this.pending.delete(socket);
       socket.pause();
       try {
         if (first.command !== Command.Hello) throw new MigrationProtocolError("MIGRATION_UNEXPECTED_COMMAND", "a migration connection must begin with HELLO");
@@ -157,10 +168,19 @@ export class MigrationListener {
     socket.resume();
   }
 
+  /**
+   * Stops listening and drops connections still waiting for their HELLO. Connections handed to
+   * VM processes are theirs: not waited for (Node's server.close() would wait for them, and never
+   * calls back once every process it handed sockets to has exited).
+   */
   async close(): Promise<void> {
     const s = this.server;
     this.server = undefined;
-    if (s !== undefined) await new Promise<void>((resolve) => s.close(() => resolve()));
+    if (s === undefined) return;
+    s.close();
+    for (const socket of this.pending) socket.destroy();
+    this.pending.clear();
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 }
 

@@ -7,11 +7,14 @@ import { createLogger, type Logger } from "../common/log.js";
 import { BODY_LIMIT, WS_CLOSE, registerApi } from "./api.js";
 import { authHook, redactUrl } from "./auth.js";
 import type { MigrationService, Supervisor } from "./types.js";
+import type { NetworkService } from "./network.js";
 
 export interface HostServerOptions {
   supervisor: Supervisor;
   /** Suspend and migration routes (absent: not served). */
   migrations?: MigrationService;
+  /** Virtual network routes (absent: not served). */
+  networks?: NetworkService;
   /** Bearer token every request must carry. */
   token: string;
   log?: Logger;
@@ -65,7 +68,7 @@ export async function createHostServer(opts: HostServerOptions): Promise<Fastify
   app.addHook("onResponse", async (req, reply) => {
     req.log.debug({ method: req.method, url: redactUrl(req.url), status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, "request");
   });
-  registerApi(app, opts.supervisor, opts.migrations);
+  registerApi(app, opts.supervisor, opts.migrations, opts.networks);
   await app.ready();
   return app;
 }

@@ -5,7 +5,7 @@ import { HopError } from "../common/errors.js";
 import { createLogger, type Logger } from "../common/log.js";
 import { parseInput } from "../common/validation.js";
 import { defaultCacheDir } from "../common/paths.js";
-import { DEFAULT_VGA_KIB } from "../engine/index.js";
+import { DEFAULT_VGA_KIB } from "../engine/constants.js";
 import { ensureImage, kernelCmdline, type GuestImage } from "../image/index.js";
 import { rm } from "node:fs/promises";
 import { createDataDisk, Datastore } from "../storage/index.js";
@@ -750,13 +750,22 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     // it stops, and forward them (and later ones) to the target's host once COMPLETE is sent.
     const to = ticket.vtep;
     const onPhase = (m: { progress: import("../migration/index.js").MigrationProgress }): void => {
-      if (m.progress.phase === "stop-and-copy") this.net.holdVm(name);
+      if (m.progress.phase === "stop-and-copy") this.net.holdVm(name, true);
       else if (m.progress.phase === "switchover") this.net.forwardVm(name, to);
     };
     if (rec.config.network !== undefined) proc.on("migration", onPhase);
     let res: MigrateOutResult;
     try {
       res = await this.migrateOutRequest(proc, rec, migrationId, ticket.host, ticket.address ?? { host: "", port: 0 }, r);
+    } catch (err) {
+      if (!proc.exited) throw err;
+      // The source VM process died during the migration. If COMPLETE had gone out, the target
+      // may run the VM now: ask it (it fences the migration otherwise) before calling it lost.
+      if ((await this.resolveOutcome(peer, migrationId)) === "resumed") {
+        this.leave(rec, ticket.host, migrationId);
+        throw new HopError("MIGRATION_REPORT_LOST", `the source VM process of '${name}' died after the switchover; the VM runs on ${ticket.host}`, { status: 502, cause: err });
+      }
+      throw err;
     } finally {
       proc.off("migration", onPhase);
     }

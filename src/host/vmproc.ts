@@ -14,6 +14,9 @@ export function forkVmProcess(): ChildProcess {
   return fork(vmMain, [], { execArgv: [...VM_PROCESS_EXEC_ARGV], serialization: "advanced", stdio: ["ignore", "inherit", "inherit", "ipc"] });
 }
 
+/** Frames sent to a VM process and not yet written to its IPC channel; beyond it frames are dropped. */
+export const MAX_FRAMES_IN_FLIGHT = 512;
+
 interface PendingReq {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
@@ -31,6 +34,14 @@ export class VmProcessHandle extends EventEmitter {
   exited = false;
   stopReason: string | undefined;
   fatalError: { code: string; message: string } | undefined;
+  /** Frames from the VM's NIC (`bounced`: a frame for the VM that it handed back at a live migration's switchover). */
+  onFrame: ((frame: Buffer, bounced: boolean) => void) | undefined;
+  /** Frames for the VM dropped because its IPC channel was backed up. */
+  framesDropped = 0;
+  private framesInFlight = 0;
+  private readonly onFrameSent = (): void => {
+    this.framesInFlight--;
+  };
   private readonly exitPromise: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
   /**
@@ -72,6 +83,26 @@ export class VmProcessHandle extends EventEmitter {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.child.send({ t: "req", id, ...op });
     });
+  }
+
+  /**
+   * Sends an Ethernet frame to the VM's NIC. Returns false (and counts it) when the frame is
+   * dropped: the process is gone, or its IPC channel is backed up.
+   */
+  sendFrame(frame: Uint8Array): boolean {
+    if (this.exited || !this.child.connected || this.framesInFlight >= MAX_FRAMES_IN_FLIGHT) {
+      this.framesDropped++;
+      return false;
+    }
+    this.framesInFlight++;
+    try {
+      this.child.send({ t: "frame", data: frame }, undefined, undefined, this.onFrameSent);
+    } catch {
+      this.framesInFlight--;
+      this.framesDropped++;
+      return false;
+    }
+    return true;
   }
 
   /** Resolves when the process has exited. */
@@ -123,6 +154,9 @@ export class VmProcessHandle extends EventEmitter {
         return;
       case "migrationAborted":
         this.emit("migrationAborted", msg);
+        return;
+      case "frame":
+        this.onFrame?.(Buffer.isBuffer(msg.data) ? msg.data : Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength), msg.bounced === true);
         return;
     }
   }

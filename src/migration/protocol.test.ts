@@ -137,10 +137,10 @@ void test("oversized, truncated, unknown-command and flagged frames are refused"
     codeOf(() => t.finish()),
     "MIGRATION_CORRUPT_FRAME",
   );
-  // Valid CRC but command 0, 15 or flags set.
+  // Valid CRC but command 0, 16 (one past the last) or flags set.
   for (const [cmd, flags] of [
     [0, 0],
-    [15, 0],
+    [16, 0],
     [200, 0],
     [Command.Ping, 1],
   ] as const) {

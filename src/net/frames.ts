@@ -242,6 +242,67 @@ export function internetChecksum(data: Uint8Array, start = 0, end = data.length)
   return ~sum & 0xffff;
 }
 
+function sum16(data: Uint8Array, start: number, end: number, sum = 0): number {
+  let i = start;
+  for (; i + 1 < end; i += 2) sum += (data[i]! << 8) | data[i + 1]!;
+  if (i < end) sum += data[i]! << 8;
+  return sum;
+}
+
+function fold(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+/**
+ * Fills in the TCP or UDP checksum of an Ethernet frame carrying IPv4 (unfragmented) or IPv6
+ * (no extension headers), in place. For frames that left a Linux device with checksum offload:
+ * their L4 checksum holds only the pseudo-header sum, which the NIC was to complete. Returns
+ * whether the frame was TCP or UDP (and so was rewritten). Never throws.
+ */
+export function completeL4Checksum(frame: Uint8Array): boolean {
+  const b = asBuffer(frame);
+  if (b.length < ETH_HEADER_BYTES + 20) return false;
+  const et = b.readUInt16BE(12);
+  let l4: number;
+  let end: number;
+  let proto: number;
+  let pseudo: number;
+  if (et === EtherType.IPV4) {
+    const ip = ETH_HEADER_BYTES;
+    if (b[ip]! >> 4 !== 4) return false;
+    const ihl = (b[ip]! & 15) * 4;
+    const total = b.readUInt16BE(ip + 2);
+    if (ihl < 20 || total < ihl || ip + total > b.length) return false;
+    if ((b.readUInt16BE(ip + 6) & 0x3fff) !== 0) return false; // a fragment
+    proto = b[ip + 9]!;
+    l4 = ip + ihl;
+    end = ip + total;
+    pseudo = sum16(b, ip + 12, ip + 20) + proto + (end - l4);
+  } else if (et === EtherType.IPV6) {
+    const ip = ETH_HEADER_BYTES;
+    if (b.length < ip + 40 || b[ip]! >> 4 !== 6) return false;
+    proto = b[ip + 6]!;
+    l4 = ip + 40;
+    end = l4 + b.readUInt16BE(ip + 4);
+    if (end > b.length) return false;
+    const len = end - l4;
+    pseudo = sum16(b, ip + 8, ip + 40) + (len >>> 16) + (len & 0xffff) + proto;
+  } else return false;
+  let at: number;
+  if (proto === IpProtocol.TCP && end - l4 >= 20) at = l4 + 16;
+  else if (proto === IpProtocol.UDP && end - l4 >= 8) {
+    // IPv4 UDP without a checksum (0) stays without one.
+    if (et === EtherType.IPV4 && b.readUInt16BE(l4 + 6) === 0) return false;
+    at = l4 + 6;
+  } else return false;
+  b.writeUInt16BE(0, at);
+  let c = fold(sum16(b, l4, end, pseudo));
+  if (c === 0 && proto === IpProtocol.UDP) c = 0xffff;
+  b.writeUInt16BE(c, at);
+  return true;
+}
+
 export interface Ipv4Packet {
   src: string;
   dst: string;

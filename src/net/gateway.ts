@@ -24,7 +24,7 @@ import { randomBytes } from "node:crypto";
 import type { Logger } from "../common/log.js";
 import { CommandFailure, hasProgram, requireRoot, runCommand } from "./command.js";
 import { LinuxDeviceError, ToolMissingError } from "./errors.js";
-import { formatIpv4Address, parseIpv4Address } from "./frames.js";
+import { completeL4Checksum, formatIpv4Address, parseIpv4Address } from "./frames.js";
 import { parseCidr } from "./ipam.js";
 import { LinuxVxlanDevice } from "./linux.js";
 import type { VirtualSwitch } from "./switch.js";
@@ -215,6 +215,9 @@ export class LinuxGateway {
             return;
           }
           gw.c.rxFrames++;
+          // The kernel leaves TCP/UDP checksums of locally sent packets to the NIC (veth
+          // offload): nothing on the way completes them, so the gateway does, as a NIC would.
+          completeL4Checksum(d.frame);
           opts.sw.input(portId, d.frame);
         } catch {
           gw.c.dropped++;

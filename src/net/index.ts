@@ -61,6 +61,7 @@ export {
   parseIcmpEcho,
   buildIcmpEcho,
   icmpEchoFrame,
+  completeL4Checksum,
   type EthernetHeader,
   type EthernetFrame,
   type ArpPacket,
@@ -102,6 +103,6 @@ export {
 } from "./vxlan.js";
 export { AddressPool, parseCidr, cidrContains, type Cidr, type IpamConfig, type Allocation } from "./ipam.js";
 export { LinuxVxlanDevice, attachLinuxVxlan, type LinuxVxlanOptions, type FdbEntry } from "./linux.js";
-export { NetnsHarness, withHarness, isRoot, skipReasonUnlessRoot, type HarnessOptions, type HarnessHost, type ShapeOptions, type HostRef } from "./netns.js";
+export { NetnsHarness, withHarness, isRoot, skipReasonUnlessRoot, freeSubnet, type HarnessOptions, type HarnessHost, type ShapeOptions, type HostRef } from "./netns.js";
 export { GuestResponder, RecordingPort, FakeClock, type ResponderStats } from "./testing.js";
 export { LinuxGateway, attachLinuxGateway, type LinuxGatewayOptions, type GatewayCounters } from "./gateway.js";

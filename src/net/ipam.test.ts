@@ -125,3 +125,20 @@ void test("bad config and bad files are refused with their own codes", async () 
     assert.equal(pool.list().length, 0);
   });
 });
+
+void test("shared pools: two owners of one file (host agents on a shared datastore) never hand out the same address", async () => {
+  await withDir(async (dir) => {
+    const file = join(dir, "nets", "red.ipam.json");
+    const config = { network: "red", subnet: "10.9.0.0/27", shared: true };
+    const a = await AddressPool.open(file, config);
+    const b = await AddressPool.open(file, config);
+    const got = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? a : b).allocate(`vm${i}`)));
+    assert.equal(new Set(got.map((x) => x.address)).size, 20, "20 distinct addresses");
+    assert.equal(await codeOf(a.allocate("other", got[1]!.address)), "NET_IPAM_ADDRESS_IN_USE");
+    await b.release("vm0");
+    await a.refresh();
+    assert.equal(a.get("vm0"), undefined, "a sees b's release after a refresh");
+    assert.equal(a.list().length, 19);
+    assert.deepEqual((await readdir(join(dir, "nets"))).sort(), ["red.ipam.json"], "no lock or temp file left");
+  });
+});

@@ -12,6 +12,7 @@ import { randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import { dirname } from "node:path";
 import { z } from "zod";
+import { withFileLock } from "../common/lock.js";
 import { formatIssues } from "../common/validation.js";
 import { IpamError } from "./errors.js";
 import { formatIpv4Address, parseIpv4Address } from "./frames.js";
@@ -54,6 +55,12 @@ export interface IpamConfig {
   gateway?: string | false;
   /** Addresses never allocated unless requested by name: "10.10.0.5" or ranges "10.10.0.2-10.10.0.9". */
   reserved?: readonly string[];
+  /**
+   * Several processes use the file (host agents on one shared datastore): every change takes a
+   * lock file next to it (`FILE.lock`) and re-reads the file first. Reads (get, list) answer
+   * from what this process saw last.
+   */
+  shared?: boolean;
 }
 
 export interface Allocation {
@@ -95,6 +102,7 @@ export class AddressPool {
   private readonly byOwner = new Map<string, number>();
   private next: number;
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly shared: boolean;
 
   private constructor(file: string, config: IpamConfig, cidr: Cidr, gateway: number | undefined, reserved: Set<number>) {
     this.file = file;
@@ -106,6 +114,7 @@ export class AddressPool {
     this.gateway = gateway === undefined ? undefined : formatIpv4Address(gateway);
     this.reservedSet = reserved;
     this.next = this.firstHost;
+    this.shared = config.shared === true;
   }
 
   /**
@@ -137,7 +146,8 @@ export class AddressPool {
       for (let n = from; n <= to; n++) reserved.add(n);
     }
     const pool = new AddressPool(file, config, cidr, gateway, reserved);
-    await pool.load();
+    if (pool.shared) await pool.locked(() => pool.load());
+    else await pool.load();
     return pool;
   }
 
@@ -221,9 +231,36 @@ export class AddressPool {
 
   /** Runs mutations one at a time, so each one's file write reflects it and those before it. */
   private serialize<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
+    const task = this.shared ? (): Promise<T> => this.locked(async () => {
+      await this.reload();
+      return fn();
+    }) : fn;
+    const run = this.queue.then(task, task);
     this.queue = run.catch(() => undefined);
     return run;
+  }
+
+  /** Holds the pool's lock file (shared pools) while `fn` runs. */
+  private async locked<T>(fn: () => Promise<T>): Promise<T> {
+    await mkdir(dirname(this.file), { recursive: true });
+    return withFileLock(`${this.file}.lock`, fn, { timeoutMs: 30_000, staleMs: 30_000 }).catch((err: unknown) => {
+      if (err instanceof IpamError) throw err;
+      throw new IpamError("save", `locking ${this.file} failed: ${err instanceof Error ? err.message : String(err)}`, err);
+    });
+  }
+
+  /** Forgets the in-memory state and reads the file again (another process may have changed it). */
+  private async reload(): Promise<void> {
+    this.byAddress.clear();
+    this.byOwner.clear();
+    this.next = this.firstHost;
+    await this.load();
+  }
+
+  /** Re-reads the file of a shared pool (to see other processes' changes); a no-op otherwise. */
+  async refresh(): Promise<void> {
+    if (!this.shared) return;
+    await this.serialize(async () => undefined);
   }
 
   private isReserved(n: number): boolean {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { randomInt } from "node:crypto";
 import { test } from "node:test";
 import { hasProgram } from "./command.js";
@@ -168,7 +169,16 @@ void test("attach refuses bad options with step errors, and a second device with
   });
 });
 
-void test("without root, attaching fails at once with NET_NOT_ROOT", { skip: isRoot() ? "running as root: the not-root error cannot be observed" : false }, async () => {
-  const err = await LinuxVxlanDevice.attach({ name: "vx9", vni: 5, local: "127.0.0.1" }).catch((e: unknown) => e);
-  assert.ok(err instanceof NotRootError && err.code === "NET_NOT_ROOT", String(err));
+void test("without root, attaching fails at once with NET_NOT_ROOT", async () => {
+  if (!isRoot()) {
+    const err = await LinuxVxlanDevice.attach({ name: "vx9", vni: 5, local: "127.0.0.1" }).catch((e: unknown) => e);
+    assert.ok(err instanceof NotRootError && err.code === "NET_NOT_ROOT", String(err));
+    return;
+  }
+  // As root: try it in a child process that runs as nobody.
+  const mod = new URL("./index.js", import.meta.url).href;
+  const script = `import(${JSON.stringify(mod)}).then((m) => m.LinuxVxlanDevice.attach({ name: "vx9", vni: 5, local: "127.0.0.1" })).then(() => console.log("ATTACHED"), (e) => console.log("CODE " + e.code))`;
+  const r = spawnSync(process.execPath, ["-e", script], { uid: 65534, gid: 65534, encoding: "utf8", timeout: 20_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /CODE NET_NOT_ROOT/, r.stdout + r.stderr);
 });

@@ -105,7 +105,11 @@ function removeHooks(): void {
   process.removeListener("SIGTERM", signalHook);
 }
 
-async function freeSubnet(): Promise<string> {
+/**
+ * A random 10.x.y.0/24 that no address or route of this machine (this network namespace)
+ * overlaps, with x in 200..254; `exclude` lists /24s to avoid as well. Needs iproute2.
+ */
+export async function freeSubnet(exclude: readonly string[] = []): Promise<string> {
   const used: { base: number; len: number }[] = [];
   const addrs = JSON.parse((await runCommand("ip", ["-j", "-4", "addr", "show"])).stdout || "[]") as { addr_info?: { local?: string; prefixlen?: number }[] }[];
   for (const a of addrs) for (const i of a.addr_info ?? []) if (i.local !== undefined) used.push({ base: parseIpv4Address(i.local), len: i.prefixlen ?? 32 });
@@ -118,6 +122,10 @@ async function freeSubnet(): Promise<string> {
     } catch {
       // not an IPv4 route
     }
+  }
+  for (const e of exclude) {
+    const [a, l] = e.split("/");
+    used.push({ base: parseIpv4Address(a!), len: l === undefined ? 32 : Number(l) });
   }
   const overlaps = (base: number): boolean =>
     used.some((u) => {
@@ -351,7 +359,7 @@ export class NetnsHarness {
         await runCommand("ip", ["link", "del", link]);
       } catch (err) {
         const stderr = err instanceof CommandFailure ? err.stderr : "";
-        if (!/Cannot find device|does not exist/.test(stderr)) errors.push(failure(err));
+        if (!/Cannot find device|does not exist|No such device/.test(stderr)) errors.push(failure(err));
       }
     }
     this.created.netns.length = 0;

@@ -400,3 +400,88 @@ void test("forwardPort: after the switchover frames for the moved VM go to the t
   new RecordingPort(sw, "vm3", "n", MAC.m);
   assert.equal(sw.forwards("n").length, 0, "the MAC came back: no more forwarding");
 });
+
+void test("standby port: a migration target's port gets only frames forwarded to its MAC, held; activatePort makes it the MAC's home", () => {
+  const sw = new VirtualSwitch();
+  sw.addNetwork("n1", 100);
+  const up = new FakeUplink();
+  const ingress = sw.setUplink("n1", up);
+  const local = new RecordingPort(sw, "local", "n1", MAC.a);
+  const got: Buffer[] = [];
+  // The VM runs elsewhere: the switch learned its MAC behind the uplink.
+  ingress(frame(MAC.m, MAC.a));
+  assert.deepEqual(sw.lookup("n1", MAC.m), { kind: "uplink" });
+  sw.attachPort("vm", "n1", (f) => got.push(f), { mac: MAC.m, standby: true, hold: 10 });
+  assert.equal(sw.portInfo("vm").standby, true);
+  // Local traffic for the VM still goes where the VM runs; floods skip the standby port.
+  local.send(frame(MAC.a, MAC.m));
+  local.send(frame(MAC.a, "ff:ff:ff:ff:ff:ff"));
+  ingress(frame(MAC.b, "ff:ff:ff:ff:ff:ff"));
+  assert.equal(up.out.length, 2);
+  assert.equal(sw.portCounters("vm").held, 0);
+  // Frames the source forwards to the VM's MAC are held for it.
+  const f1 = frame(MAC.a, MAC.m);
+  const f2 = frame(MAC.b, MAC.m);
+  ingress(f1, true);
+  ingress(f2, true);
+  assert.equal(sw.portCounters("vm").held, 2);
+  assert.equal(got.length, 0);
+  assert.deepEqual(sw.lookup("n1", MAC.b), { kind: "uplink" }, "a forwarded frame's source is not learned");
+  sw.activatePort("vm");
+  assert.deepEqual(sw.lookup("n1", MAC.m), { kind: "port", port: "vm" });
+  assert.equal(sw.releasePort("vm"), 2);
+  assert.deepEqual(got.map(seqOf), [seqOf(f1), seqOf(f2)]);
+  local.send(frame(MAC.a, MAC.m));
+  assert.equal(got.length, 3);
+  assert.throws(() => sw.attachPort("vm2", "n1", () => undefined, { standby: true }), /needs its MAC/);
+});
+
+void test("forwarded frames are never forwarded again (no loop between two hosts forwarding a MAC to each other)", () => {
+  const sw = new VirtualSwitch();
+  sw.addNetwork("n1", 100);
+  const up = new FakeUplink();
+  const ingress = sw.setUplink("n1", up);
+  sw.attachPort("vm", "n1", () => undefined, { mac: MAC.m });
+  sw.holdPort("vm", 10);
+  sw.forwardPort("vm", "10.0.0.2:4789", 3_000);
+  sw.detachPort("vm");
+  // An ordinary frame for the moved VM follows the forwarding...
+  ingress(frame(MAC.a, MAC.m));
+  assert.equal(up.to.length, 1);
+  // ...one that was itself forwarded here (no port for its MAC) is not sent on.
+  ingress(frame(MAC.a, MAC.m), true);
+  assert.equal(up.to.length, 1);
+  assert.equal(up.out.length, 0);
+  // A port for the MAC coming back on standby ends the stale forwarding.
+  sw.attachPort("vm", "n1", () => undefined, { mac: MAC.m, standby: true, hold: 4 });
+  assert.deepEqual(sw.forwards("n1"), []);
+});
+
+void test("redeliver: frames a stopping VM hands back go ahead of what was held since, then follow the forwarding", () => {
+  const sw = new VirtualSwitch();
+  sw.addNetwork("n1", 100);
+  const up = new FakeUplink();
+  sw.setUplink("n1", up);
+  const a = new RecordingPort(sw, "a", "n1", MAC.a);
+  const got: Buffer[] = [];
+  sw.attachPort("vm", "n1", (f) => got.push(f), { mac: MAC.m });
+  const old1 = frame(MAC.a, MAC.m);
+  const old2 = frame(MAC.a, MAC.m);
+  sw.holdPort("vm", 10);
+  const held = frame(MAC.a, MAC.m);
+  a.send(held);
+  assert.equal(sw.redeliver("vm", old1), true);
+  assert.equal(sw.redeliver("vm", old2), true);
+  sw.forwardPort("vm", "10.0.0.2:4789", 1_000);
+  assert.deepEqual(up.to.map((x) => seqOf(x.frame)), [seqOf(old1), seqOf(old2), seqOf(held)]);
+  const late = frame(MAC.a, MAC.m);
+  sw.redeliver("vm", late);
+  assert.equal(seqOf(up.to[3]!.frame), seqOf(late));
+  assert.equal(got.length, 0);
+  assert.equal(sw.redeliver("gone", late), false);
+  // Not held, not forwarding: delivered.
+  sw.cancelForward("vm");
+  sw.releasePort("vm");
+  sw.redeliver("vm", frame(MAC.a, MAC.m));
+  assert.equal(got.length, 1);
+});

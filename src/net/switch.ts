@@ -31,8 +31,12 @@ export interface Uplink {
   outputTo(frame: Buffer, remote: string): void;
 }
 
-/** Hands a frame received from the overlay to the switch (returned by setUplink). */
-export type UplinkIngress = (frame: Uint8Array) => void;
+/**
+ * Hands a frame received from the overlay to the switch (returned by setUplink). `forwarded`:
+ * the frame was forwarded by a migration source (VXLAN_FLAG_FORWARDED): it is for the migrated
+ * VM's port here, even one still on standby, and its source MAC is not learned.
+ */
+export type UplinkIngress = (frame: Uint8Array, forwarded?: boolean) => void;
 
 export interface NetworkInfo {
   name: string;
@@ -58,6 +62,13 @@ export interface PortOptions {
   ip?: string;
   /** Attach held (as holdPort(id, hold)): the target of a migration attaches its port this way. */
   hold?: number;
+  /**
+   * The port of a VM that is migrating in (needs `mac`): its MAC is not pinned and the port gets
+   * no flooded frames, so traffic for the VM still goes where the VM runs; it gets only the frames
+   * a migration source forwards to that MAC (held, with `hold`). activatePort() makes it a normal
+   * port when the VM runs here.
+   */
+  standby?: boolean;
 }
 
 export interface AnnounceOptions {
@@ -94,6 +105,8 @@ export interface SwitchCounters {
   fromUplink: number;
   /** Frames sent to a migrated VM's new host (forwardPort). */
   forwarded: number;
+  /** Frames forwarded by a migration source that reached the port of their MAC here. */
+  forwardedIn: number;
   /** Dropped: shorter than an Ethernet header. */
   runts: number;
   /** Dropped: longer than maxFrameBytes. */
@@ -123,6 +136,8 @@ export interface MacEntry {
 interface HoldState {
   max: number;
   frames: Buffer[];
+  /** How many frames at the head of `frames` were redelivered (they predate the others). */
+  front: number;
 }
 
 interface Port {
@@ -135,6 +150,7 @@ interface Port {
   /** Most recent source MAC sent by the port (announce() falls back to it). */
   lastSrc: number | undefined;
   hold: HoldState | undefined;
+  standby: boolean;
   timers: Set<NodeJS.Timeout>;
   c: PortCounters;
 }
@@ -190,6 +206,7 @@ export class VirtualSwitch {
     toUplink: 0,
     fromUplink: 0,
     forwarded: 0,
+    forwardedIn: 0,
     runts: 0,
     giants: 0,
     badSource: 0,
@@ -269,15 +286,38 @@ export class VirtualSwitch {
       if (holder?.pinned === true && holder.port !== undefined) throw new PortAttachError(id, `MAC ${macText} is pinned to port '${holder.port.id}'`);
     }
     if (opts.ip !== undefined && !isValidIpv4Address(opts.ip)) throw new PortAttachError(id, `'${opts.ip}' is not an IPv4 address`);
-    const port: Port = { id, net, deliver, mac, macText, ip: opts.ip, lastSrc: undefined, hold: undefined, timers: new Set(), c: newCounters() };
-    if (opts.hold !== undefined) port.hold = { max: Math.max(0, Math.floor(opts.hold)), frames: [] };
+    const standby = opts.standby === true;
+    if (standby && mac === undefined) throw new PortAttachError(id, "a standby port needs its MAC");
+    if (standby && mac !== undefined && [...net.ports.values()].some((p) => p.standby && p.mac === mac)) throw new PortAttachError(id, `MAC ${macText ?? ""} has a standby port already`);
+    const port: Port = { id, net, deliver, mac, macText, ip: opts.ip, lastSrc: undefined, hold: undefined, standby, timers: new Set(), c: newCounters() };
+    if (opts.hold !== undefined) port.hold = { max: Math.max(0, Math.floor(opts.hold)), frames: [], front: 0 };
     this.ports.set(id, port);
     net.ports.set(id, port);
-    if (mac !== undefined) {
-      net.table.set(mac, { port, seen: this.now(), pinned: true });
-      net.forwards.delete(mac);
-    }
-    this.log?.debug({ port: id, network, mac: macText }, "port attached");
+    if (mac !== undefined && !standby) this.pin(port, mac);
+    // A VM coming (back) here: a forwarding of its MAC left from when it went away is stale.
+    if (mac !== undefined && standby) net.forwards.delete(mac);
+    this.log?.debug({ port: id, network, mac: macText, standby }, "port attached");
+  }
+
+  private pin(port: Port, mac: number): void {
+    port.net.table.set(mac, { port, seen: this.now(), pinned: true });
+    port.net.forwards.delete(mac);
+  }
+
+  /**
+   * A standby port becomes a normal one (the migrated VM runs here now): its MAC is pinned to it
+   * and any forwarding of that MAC from this switch ends. No-op for a port that is not on standby.
+   */
+  activatePort(id: string): void {
+    const port = this.port(id);
+    if (!port.standby) return;
+    const mac = port.mac;
+    if (mac === undefined) return;
+    const holder = port.net.table.get(mac);
+    if (holder?.pinned === true && holder.port !== undefined && holder.port !== port) throw new PortAttachError(id, `MAC ${port.macText ?? ""} is pinned to port '${holder.port.id}'`);
+    port.standby = false;
+    this.pin(port, mac);
+    this.log?.debug({ port: id, network: port.net.name, mac: port.macText }, "port activated");
   }
 
   /** Detaches a port: its MAC entries go, held frames are discarded, pending announcements stop. */
@@ -298,9 +338,9 @@ export class VirtualSwitch {
     return this.ports.has(id);
   }
 
-  portInfo(id: string): { id: string; network: string; mac?: string; ip?: string; held: boolean } {
+  portInfo(id: string): { id: string; network: string; mac?: string; ip?: string; held: boolean; standby: boolean } {
     const p = this.port(id);
-    const out: { id: string; network: string; mac?: string; ip?: string; held: boolean } = { id, network: p.net.name, held: p.hold !== undefined };
+    const out: { id: string; network: string; mac?: string; ip?: string; held: boolean; standby: boolean } = { id, network: p.net.name, held: p.hold !== undefined, standby: p.standby };
     if (p.macText !== undefined) out.mac = p.macText;
     if (p.ip !== undefined) out.ip = p.ip;
     return out;
@@ -355,9 +395,9 @@ export class VirtualSwitch {
   setUplink(network: string, uplink: Uplink): UplinkIngress {
     const net = this.net(network);
     net.uplink = uplink;
-    return (frame: Uint8Array) => {
+    return (frame: Uint8Array, forwarded?: boolean) => {
       if (net.uplink !== uplink || this.nets.get(net.name) !== net) return;
-      this.fromUplink(net, asBuffer(frame));
+      this.fromUplink(net, asBuffer(frame), forwarded === true);
     };
   }
 
@@ -368,9 +408,26 @@ export class VirtualSwitch {
     for (const [key, e] of net.table) if (e.port === undefined) net.table.delete(key);
   }
 
-  private fromUplink(net: Net, b: Buffer): void {
+  private fromUplink(net: Net, b: Buffer, forwarded: boolean): void {
     if (!this.sane(b)) return;
     this.c.fromUplink++;
+    if (forwarded) {
+      // Sent on by the host a VM left: it is for that VM's port here (standby or active). Its
+      // sender is not behind the overlay as far as this frame tells (it may even be local).
+      if (!isMulticastMac(b, 0)) {
+        const dst = macKey(b, 0);
+        for (const p of net.ports.values()) {
+          if (p.mac === dst) {
+            this.c.forwardedIn++;
+            this.deliver(p, b);
+            return;
+          }
+        }
+      }
+      // Never forwarded twice (two hosts forwarding a MAC to each other must not loop a frame).
+      this.forward(net, b, FROM_UPLINK, false);
+      return;
+    }
     const src = macKey(b, 6);
     const e = net.table.get(src);
     if (e === undefined) {
@@ -413,13 +470,13 @@ export class VirtualSwitch {
     return false;
   }
 
-  private forward(net: Net, b: Buffer, from: Ingress): void {
+  private forward(net: Net, b: Buffer, from: Ingress, mayForward = true): void {
     if (isMulticastMac(b, 0)) {
       this.flood(net, b, from);
       return;
     }
     const dst = macKey(b, 0);
-    if (net.forwards.size > 0) {
+    if (mayForward && net.forwards.size > 0) {
       const f = net.forwards.get(dst);
       if (f !== undefined) {
         if (f.until > this.now() && net.uplink !== undefined) {
@@ -450,7 +507,7 @@ export class VirtualSwitch {
 
   private flood(net: Net, b: Buffer, from: Ingress): void {
     this.c.flooded++;
-    for (const p of net.ports.values()) if (p !== from) this.deliver(p, b);
+    for (const p of net.ports.values()) if (p !== from && !p.standby) this.deliver(p, b);
     if (from !== FROM_UPLINK && net.uplink !== undefined) {
       this.c.toUplink++;
       this.callUplink(net, () => net.uplink?.output(b));
@@ -463,6 +520,7 @@ export class VirtualSwitch {
       p.hold.frames.push(b);
       if (p.hold.frames.length > p.hold.max) {
         p.hold.frames.shift();
+        if (p.hold.front > 0) p.hold.front--;
         p.c.heldDropped++;
       }
       return;
@@ -576,11 +634,12 @@ export class VirtualSwitch {
   holdPort(id: string, maxFrames: number): void {
     const port = this.port(id);
     const max = Math.max(0, Math.floor(maxFrames));
-    if (port.hold === undefined) port.hold = { max, frames: [] };
+    if (port.hold === undefined) port.hold = { max, frames: [], front: 0 };
     else {
       port.hold.max = max;
       while (port.hold.frames.length > max) {
         port.hold.frames.shift();
+        if (port.hold.front > 0) port.hold.front--;
         port.c.heldDropped++;
       }
     }
@@ -597,6 +656,42 @@ export class VirtualSwitch {
       this.deliver(port, f);
     }
     return hold.frames.length;
+  }
+
+  /**
+   * A frame the port's VM did not take: it was delivered just as the VM stopped for a migration
+   * (the VM process hands such frames back). It is treated as if it were switched to the port
+   * now: forwarded to the VM's new host if forwarding has begun, else held (or delivered) like
+   * any frame for the port. Returns false when the port is gone.
+   */
+  redeliver(id: string, frame: Uint8Array): boolean {
+    const port = this.ports.get(id);
+    if (port === undefined) return false;
+    const b = asBuffer(frame);
+    if (b.length < ETH_HEADER_BYTES) return false;
+    const net = port.net;
+    if (!isMulticastMac(b, 0) && net.forwards.size > 0) {
+      const f = net.forwards.get(macKey(b, 0));
+      if (f !== undefined && f.until > this.now() && net.uplink !== undefined) {
+        this.c.forwarded++;
+        this.callUplink(net, () => net.uplink?.outputTo(b, f.to));
+        return true;
+      }
+    }
+    const hold = port.hold;
+    if (hold !== undefined) {
+      // Older than anything held since the hold began: queued ahead of it, in arrival order.
+      port.c.held++;
+      hold.frames.splice(hold.front++, 0, b);
+      if (hold.frames.length > hold.max) {
+        hold.frames.shift();
+        hold.front = Math.max(0, hold.front - 1);
+        port.c.heldDropped++;
+      }
+      return true;
+    }
+    this.deliver(port, b);
+    return true;
   }
 
   /**
@@ -628,6 +723,7 @@ export class VirtualSwitch {
         } else keep.push(f);
       }
       port.hold.frames = keep;
+      port.hold.front = 0;
     }
     const macs = [...keys].map(macKeyToString);
     this.log?.debug({ port: id, to, ms, macs }, "forwarding to the migration target");

@@ -406,7 +406,7 @@ export class Vtep {
     if (forwarded) {
       // Forwarded by a migration source: the sender is not behind that VTEP, do not learn.
       this.c.forwardedIn++;
-      st.ingress(frame);
+      st.ingress(frame, true);
       return;
     }
     const src = macKey(frame, 6);

@@ -35,14 +35,25 @@ export const vmCreateSchema = z
     name: vmNameSchema,
     memoryMiB: memorySchema.default(128),
     mac: macSchema.optional(),
-    ip: ipv4CidrSchema.optional(),
+    /**
+     * Without `network`: a static address with prefix. With it: the address to ask the network's
+     * address pool for ("10.10.0.5" or with the network's prefix); absent, the pool picks one.
+     */
+    ip: z.string().regex(/^(\d{1,3}\.){3}\d{1,3}(\/\d{1,2})?$/, "ip must be an IPv4 address with a prefix, like 10.10.0.5/24").optional(),
     gw: ipv4Schema.optional(),
+    /** The virtual network the NIC is a port of (its address comes from the network's pool). */
+    network: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,31}$/, "network must be a network name").optional(),
     /** Size of a data disk to create on the datastore (MiB); absent: no data disk. */
     diskMiB: z.number().int().min(4).max(65536).optional(),
     /** Start from the cached template state (fast) or boot the kernel (slow). */
     boot: z.enum(["template", "cold"]).default("template"),
   })
-  .strict();
+  .strict()
+  .superRefine((v, ctx) => {
+    if (v.ip !== undefined && v.network === undefined && !ipv4CidrSchema.safeParse(v.ip).success) {
+      ctx.addIssue({ code: "custom", path: ["ip"], message: "ip must be an IPv4 address with a prefix, like 10.10.0.5/24" });
+    }
+  });
 export type VmCreateRequest = z.input<typeof vmCreateSchema>;
 
 /** The persistent definition of a VM, as stored on the datastore. */
@@ -53,6 +64,8 @@ export interface VmConfig {
   mac: string;
   ip?: string;
   gw?: string;
+  /** The virtual network of the NIC (absent: the NIC is connected to nothing). ip/gw then come from the network's address pool. */
+  network?: string;
   disk?: { path: string; sizeMiB: number };
   boot: "template" | "cold";
   createdAt: string;

@@ -33,6 +33,12 @@ export type VmStart =
   /** A live migration into this process: the engine waits, paused, for the connection (sent with a "socket" message). */
   | { mode: "incoming"; migrationId: string; token: string; expect: ReceiverExpect; verifyRam: boolean };
 
+/** The VM's NIC is a port of the host agent's virtual switch: frames cross the IPC channel. */
+export interface VmNetInit {
+  /** Guest MTU to set once the guest runs (boot and template restore; a saved state keeps its own). */
+  mtu?: number;
+}
+
 export interface VmInit {
   t: "init";
   name: string;
@@ -42,6 +48,8 @@ export interface VmInit {
   image: ImagePaths;
   disk?: string;
   start: VmStart;
+  /** Absent: the NIC is connected to nothing (no frames cross the IPC channel). */
+  net?: VmNetInit;
 }
 
 export type VmOp =
@@ -58,7 +66,12 @@ export type VmOp =
   | { op: "migrateCancel"; migrationId: string; reason: string }
   | { op: "fence"; migrationId: string }
   /** Mode awaitState: restore this VM's saved state (file on the datastore) and run it. */
-  | { op: "resumeFrom"; statePath: string };
+  | { op: "resumeFrom"; statePath: string }
+  /**
+   * Answered once every frame the agent sent before it is dealt with (delivered to the guest or
+   * bounced back): the agent's switch knows then that no bounced frame is still on its way.
+   */
+  | { op: "nicFence" };
 
 /** The answer to migrateOut. */
 export type MigrateOutResult =
@@ -73,7 +86,13 @@ export interface SocketMessage {
   head: Buffer;
 }
 
-export type ParentMessage = VmInit | SocketMessage | ({ t: "req"; id: number } & VmOp);
+/** An Ethernet frame for the guest's NIC (from the host agent's switch port). */
+export interface FrameMessage {
+  t: "frame";
+  data: Uint8Array;
+}
+
+export type ParentMessage = VmInit | SocketMessage | FrameMessage | ({ t: "req"; id: number } & VmOp);
 
 export interface VmStats {
   instructions: number;
@@ -81,6 +100,8 @@ export interface VmStats {
   heapUsedBytes: number;
   cpuUserUs: number;
   cpuSystemUs: number;
+  /** Frames the guest sent that were dropped because the IPC channel to the agent was backed up. */
+  nicDropped?: number;
 }
 
 export type ChildMessage =
@@ -97,4 +118,10 @@ export type ChildMessage =
   | { t: "migratedIn"; migrationId: string; info: TargetSwitchoverInfo }
   /** An incoming live migration ended without the guest running here (the process exits). */
   | { t: "migrationAborted"; migrationId: string; error: { code: string; message: string } }
-  | { t: "fatal"; error: { code: string; message: string } };
+  | { t: "fatal"; error: { code: string; message: string } }
+  /**
+   * An Ethernet frame the guest sent; with `bounced`, a frame from the host agent that this VM
+   * did not take because it stopped for a live migration's switchover (the agent re-switches it:
+   * held, then forwarded to the VM's new host).
+   */
+  | { t: "frame"; data: Uint8Array; bounced?: true };

@@ -329,6 +329,8 @@ class VmProcess {
         if (inc === undefined || inc.id !== req.migrationId) throw new HopError("MIGRATION_NOT_FOUND", `no incoming migration ${req.migrationId} in this VM process`, { status: 404 });
         return { outcome: await inc.target.fence() };
       }
+      case "nicFence":
+        return undefined;
       case "consoleWrite":
         engine.serialWrite(0, req.data);
         return undefined;
