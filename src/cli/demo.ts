@@ -218,6 +218,9 @@ async function migrationTour(say: (s: string) => void, hosts: { a: Side; b: Side
     await waitOpen(ev);
   }
   watchConsole(hosts.a);
+  // The console's scrollback holds the earlier `hb -n 5` run: count only the new heartbeats.
+  await new Promise((r) => setTimeout(r, 300));
+  beats.length = 0;
   await hosts.a.client.exec("demo1", "hb -i 10 > /dev/ttyS0 2>&1 &");
 
   const client = guestIp !== undefined ? await tcpClient(guestIp) : execClient(hosts, () => here, (h) => (here = other(h)));
