@@ -24,8 +24,8 @@ import { HostNetwork, type HostNetworkOptions, type NetworkDetail, type NetworkI
 import type { ChildProcess } from "node:child_process";
 import { z } from "zod";
 
-/** How long after a spare VM process is taken the next one is forked. */
-const SPARE_FORK_DELAY_MS = 1_000;
+/** After an incoming migration takes the spare VM process, how long until the next one is forked. */
+const SPARE_FORK_DELAY_MS = 3_000;
 
 function ms(t0: number): number {
   return round2(performance.now() - t0);
@@ -124,13 +124,13 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   }
 
   /** A pre-forked VM process for the next start (and fork the one after it). */
-  private takeSpare(): ChildProcess | undefined {
+  private takeSpare(opts: { forkNextAfterMs?: number } = {}): ChildProcess | undefined {
     const spare = this.spare;
     this.spare = undefined;
-    // The next spare is forked a little later: Node's start-up would otherwise compete for the
-    // CPU with the VM that is starting (or migrating) right now.
+    // The next spare: at once for starts; a little later for an incoming migration, whose
+    // switchover should not compete for the CPU with Node starting up.
     if (!this.closing && this.spareTimer === undefined) {
-      this.spareTimer = setTimeout(() => {
+      const fork = (): void => {
         this.spareTimer = undefined;
         if (this.closing || this.spare !== undefined) return;
         const next = forkVmProcess();
@@ -138,8 +138,13 @@ export class LocalSupervisor implements Supervisor, NetworkService {
         next.channel?.unref();
         next.on("error", () => undefined);
         this.spare = next;
-      }, SPARE_FORK_DELAY_MS);
-      this.spareTimer.unref();
+      };
+      const delay = opts.forkNextAfterMs ?? 0;
+      if (delay === 0) fork();
+      else {
+        this.spareTimer = setTimeout(fork, delay);
+        this.spareTimer.unref();
+      }
     }
     if (spare !== undefined) {
       spare.ref();
@@ -559,7 +564,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       const base = await this.baseInit(config);
       if (r.mode === "quick") {
         // Phase one: a VM process with its engine ready, waiting for the saved state (commitIncoming).
-        const proc = new VmProcessHandle({ ...base, start: { mode: "awaitState" } }, this.takeSpare());
+        const proc = new VmProcessHandle({ ...base, start: { mode: "awaitState" } }, this.takeSpare({ forkNextAfterMs: SPARE_FORK_DELAY_MS }));
         entry.proc = proc;
         this.attach(rec, proc);
         this.net.attachVm(config, proc, "standby");
@@ -585,7 +590,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
             expect: { migrationId: r.migrationId, vmUuid: config.uuid, name: config.name, memoryMiB: config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", disk: config.disk !== undefined },
           },
         },
-        this.takeSpare(),
+        this.takeSpare({ forkNextAfterMs: SPARE_FORK_DELAY_MS }),
       );
       entry.proc = proc;
       this.attach(rec, proc);
