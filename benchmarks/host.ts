@@ -16,9 +16,9 @@ const { values } = parseArgs({
     "boot-runs": { type: "string", default: "3" },
     "idle-vms": { type: "string", default: "8" },
     // A VM just started from the template is not idle yet: for ~15 s V8 still tiers up v86's
-    // interpreter (the guest's instruction rate is flat, the process's CPU falls by half) and the
-    // guest finishes applying its identity. Measure after that, over a window long enough for
-    // /proc's 10 ms CPU ticks (a 10 s window read ~20% high from start-up alone).
+    // interpreter (the guest runs a flat ~0.9M instructions/s while its process's CPU falls by
+    // about half). A 10 s window 3 s after the last start read ~30% above the steady state.
+    // Measure after that, over a window long enough to average out /proc's 10 ms CPU ticks.
     "idle-settle-seconds": { type: "string", default: "20" },
     "idle-seconds": { type: "string", default: "30" },
   },

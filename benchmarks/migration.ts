@@ -20,6 +20,7 @@ import { LocalSupervisor } from "../src/host/supervisor.js";
 import type { MigrationReport } from "../src/migration/index.js";
 import { qemuAvailable, runQemuMigrationCases, type QemuCaseResult } from "./qemu.js";
 import { report, summarize, type Metric } from "./report.js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 type CaseName = QemuCaseResult["name"];
 const CASES: Record<CaseName, { mode: "live" | "quick"; dirtyMiB: number }> = {
@@ -57,9 +58,6 @@ interface Run {
 
 type Host = { sup: LocalSupervisor; server: HostServerHandle };
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 /** Heartbeat arrival times of one VM on every host's console. */
 function watchBeats(hosts: Record<string, Host>, vm: string): { times: number[]; stop: () => void } {

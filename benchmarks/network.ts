@@ -22,6 +22,7 @@ import { KvdProbe, Pinger } from "../src/host/probes.js";
 import { LocalSupervisor } from "../src/host/supervisor.js";
 import { freeSubnet, skipReasonUnlessRoot } from "../src/net/index.js";
 import { report, summarize, type Metric } from "./report.js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 const { values } = parseArgs({
   options: {
@@ -46,9 +47,6 @@ interface Run {
   errors: number;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 async function main(): Promise<void> {
   const skip = skipReasonUnlessRoot();

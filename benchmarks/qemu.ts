@@ -20,6 +20,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ensureImage, kernelCmdline, type GuestImage } from "../src/image/index.js";
 import { report, summarize, type Metric } from "./report.js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 export interface QemuRun {
   /** Live: migrate command to completion. Quick: stop command to `cont` done (the whole move). */
@@ -600,9 +601,6 @@ async function until<T>(check: () => Promise<T | undefined>, timeoutMs: number, 
   }
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 async function freePort(): Promise<number> {
   const s = createServer();

@@ -54,7 +54,7 @@ export function register(vm: Command): void {
   withHostOptions(
     vm
       .command("migrate")
-      .description("move a VM to another host: live (memory-to-memory, ms pause), quick (save, restore: seconds) or cold (VM off)")
+      .description("move a VM to another host: live (memory-to-memory, tens of ms pause), quick (state through the shared datastore, a pause of ~0.2-0.5 s) or cold (VM off)")
       .argument("<name>")
       .requiredOption("--to <host>", "target host: a name given to the host agent with --peer, or its URL")
       .addOption(new Option("--mode <mode>", "live | quick | cold").choices(["live", "quick", "cold"]).default("live"))

@@ -6,3 +6,9 @@
 export function monotonicMs(): number {
   return Number(process.hrtime.bigint()) / 1e6;
 }
+
+/** A duration rounded to `digits` decimals, for reports and logs. */
+export function roundMs(ms: number, digits = 2): number {
+  const f = 10 ** digits;
+  return Math.round(ms * f) / f;
+}

@@ -4,6 +4,7 @@
  * and state-without-RAM are typed here and self-tested at start-up (see selfTest), so a
  * different v86 build fails loudly instead of corrupting a guest.
  */
+import { monotonicMs } from "../common/time.js";
 import { EngineSelfTestError } from "./errors.js";
 
 /** The pinned engine version; state files and migration handshakes carry it. */
@@ -107,41 +108,52 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
  * fractional delay fires up to 1 ms early: the main loop finds the timer not yet due and waits
  * again, so an idle guest (a 250 Hz tick) was woken ~470 times/s, and each wake-up of an idle
  * process costs ~50-100 us of CPU on its own (measured: ~27% of a core per idle VM with v86's
- * setImmediate for t < 1; ~12% with a 1 ms minimum).
+ * own scheduler, ~12% with a 1 ms minimum while halted).
  *
  * While halted, sleep until the next timer event is due, rounded up to whole milliseconds: one
  * wake-up per guest timer interrupt (~250/s), which arrives < ~1 ms late (p50 ~0.5 ms). A device
- * interrupt (serial input, a network frame) still wakes the halted guest at once. `t` is used
- * rather than `cpu.in_hlt`: that view is a Proxy that builds a typed array on every read.
+ * interrupt (serial input, a network frame) still wakes the halted guest at once, and cancels
+ * the sleep it ended. `t` is used rather than `cpu.in_hlt`: that view is a Proxy that builds a
+ * typed array on every read.
  */
 export function installIdleScheduler(emulator: V86Emulator): void {
   const v86 = emulator.v86;
   const original = v86.yield.bind(v86);
-  const callback = (tick: number): void => v86.yield_callback(tick);
+  let sleeping: NodeJS.Timeout | undefined;
+  const wake = (tick: number): void => {
+    sleeping = undefined;
+    v86.yield_callback(tick);
+  };
   v86.yield = (t: number, tick: number): void => {
-    if (t > 0) setTimeout(callback, Math.ceil(t), tick);
+    if (sleeping !== undefined) clearTimeout(sleeping);
+    sleeping = undefined;
+    if (t > 0) sleeping = setTimeout(wake, Math.ceil(t), tick);
     else original(t, tick);
   };
 }
 
-/** Guest instructions/s from which a guest counts as busy for the JIT (an idle guest runs ~1M/s). */
+/** Guest instructions/s from which a guest counts as busy (an idle guest runs ~0.9M/s). */
 const JIT_BUSY_INSTRUCTIONS_PER_S = 2_500_000;
-/** The instruction rate is measured over windows this long... */
+/** The instruction rate is measured over windows this long. */
 const JIT_GATE_WINDOW_MS = 100;
-/** ...and compiling stays on this long after the last busy window (bursts such as exec). */
+/** Compiling stays on this long after the last busy window (bursts such as an exec)... */
 const JIT_GATE_HOLD_MS = 2_000;
+/** ...and comes on again once the guest has stayed idle this long. */
+const JIT_IDLE_COMPILE_AFTER_MS = 180_000;
 
 /**
- * Lets v86's JIT compile only while the guest is busy. The JIT compiles a page once code on it
- * has run 200k instructions in total, a count that never decays: an idle guest runs its
- * timer-interrupt path (~4k instructions, 250 times/s, spread over a few dozen kernel pages) and
- * crosses that threshold page after page during its first minutes, and V8 then compiles each
- * generated module twice (Liftoff, then TurboFan: ~35 ms of CPU each). That was most of the CPU
- * of an idle VM's V8 worker threads, and bought nothing: the idle tick costs the same
- * interpreted (cold caches and short runs between page changes dominate it). So compiling is
- * off while the guest runs fewer than JIT_BUSY_INSTRUCTIONS_PER_S, and on from the first busy
- * window until JIT_GATE_HOLD_MS after the last one. Code already compiled keeps running, and
- * while compiling is off v86 does not count hotness either.
+ * Lets v86's JIT compile an idle guest's code only once that pays off. The JIT compiles a page
+ * after code on it has run 200k instructions in total (a count that never decays), and V8 then
+ * compiles each generated module twice (Liftoff, then TurboFan: ~35 ms of CPU each). An idle
+ * guest runs its timer-interrupt path (~3.6k instructions, 250 times/s, spread over a few dozen
+ * kernel pages), so it compiled page after page during its first minute: ~1 s of CPU on V8's
+ * worker threads, ~4% of a core per VM at first. Compiled, that path costs ~0.5% of a core less
+ * than interpreted (measured: ~105 vs ~140 us per tick), which repays the compiling only for a
+ * guest that stays idle for more than ~3 minutes. So, as when renting skis until the rent paid
+ * equals the price: compiling is on while the guest is busy (the JIT works as before) and for
+ * JIT_GATE_HOLD_MS after, off while it is idle, and on again once it has stayed idle for
+ * JIT_IDLE_COMPILE_AFTER_MS. Code already compiled keeps running either way; while compiling
+ * is off, v86 does not count hotness either.
  */
 export function installJitGate(emulator: V86Emulator): void {
   const v86 = emulator.v86;
@@ -149,18 +161,19 @@ export function installJitGate(emulator: V86Emulator): void {
   const next = v86.yield.bind(v86);
   const busyPerWindow = (JIT_BUSY_INSTRUCTIONS_PER_S * JIT_GATE_WINDOW_MS) / 1000;
   let compiling = true;
-  let windowStart = performance.now();
+  let windowStart = monotonicMs();
   let lastBusy = windowStart;
   let windowInstructions = emulator.get_instruction_counter();
   v86.yield = (t: number, tick: number): void => {
-    const now = performance.now();
+    const now = monotonicMs();
     if (now - windowStart >= JIT_GATE_WINDOW_MS) {
       const instructions = emulator.get_instruction_counter();
       if ((instructions - windowInstructions) >>> 0 >= busyPerWindow) lastBusy = now;
-      const busy = now - lastBusy < JIT_GATE_HOLD_MS;
-      if (busy !== compiling) {
-        cpu.set_jit_config(0, busy ? 0 : 1);
-        compiling = busy;
+      const sinceBusy = now - lastBusy;
+      const compile = sinceBusy < JIT_GATE_HOLD_MS || sinceBusy >= JIT_IDLE_COMPILE_AFTER_MS;
+      if (compile !== compiling) {
+        cpu.set_jit_config(0, compile ? 0 : 1);
+        compiling = compile;
       }
       windowStart = now;
       windowInstructions = instructions;

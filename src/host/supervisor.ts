@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { join } from "node:path";
 import { HopError } from "../common/errors.js";
+import { roundMs } from "../common/time.js";
 import { createLogger, type Logger } from "../common/log.js";
 import { parseInput } from "../common/validation.js";
 import { defaultCacheDir } from "../common/paths.js";
@@ -28,12 +29,9 @@ import { z } from "zod";
 const SPARE_FORK_DELAY_MS = 3_000;
 
 function ms(t0: number): number {
-  return round2(performance.now() - t0);
+  return roundMs(performance.now() - t0);
 }
 
-function round2(v: number): number {
-  return Math.round(v * 100) / 100;
-}
 
 function zeroDowntime(): MigrationReport["downtime"] {
   return { stopMs: 0, finalCopyMs: 0, stateSaveMs: 0, transferMs: 0, restoreMs: 0, resumeMs: 0 };
@@ -898,8 +896,8 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       to: ticket.host,
       ok: true,
       totalMs: ms(t0),
-      downtimeMs: round2(running - pausedAt),
-      downtime: { stopMs: round2(stopped - pausedAt), finalCopyMs: 0, stateSaveMs: round2(savedAt - stopped), transferMs: round2(Math.max(0, running - savedAt - restoreMs)), restoreMs: round2(restoreMs), resumeMs: 0 },
+      downtimeMs: roundMs(running - pausedAt),
+      downtime: { stopMs: roundMs(stopped - pausedAt), finalCopyMs: 0, stateSaveMs: roundMs(savedAt - stopped), transferMs: roundMs(Math.max(0, running - savedAt - restoreMs)), restoreMs: roundMs(restoreMs), resumeMs: 0 },
       bytes: stateBytes,
       pages: 0,
       rounds: [],

@@ -20,7 +20,8 @@ import { SenderStateMachine, type SenderEvent } from "./sender.js";
 import { Stunner } from "./stun.js";
 import { FrameConnection } from "./transport.js";
 import type { Migratable } from "./vm.js";
-import { monotonicMs } from "../common/time.js";
+import { monotonicMs, roundMs } from "../common/time.js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 export const LIVE_DEFAULTS = { downtimeTargetMs: 50, maxRounds: 30, sliceBytes: 4 * 1024 * 1024, batchBytes: 1024 * 1024, switchoverOverheadMs: 10 } as const;
 
@@ -53,9 +54,6 @@ function sha256(b: Uint8Array): string {
   return createHash("sha256").update(b).digest("hex");
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 async function dial(host: string, port: number, timeoutMs: number): Promise<Socket> {
   return new Promise<Socket>((resolve, reject) => {
@@ -283,11 +281,11 @@ export class LiveMigrationSource {
           round,
           pages: r.pages,
           bytes: r.bytes,
-          durationMs: round2(r.ms),
+          durationMs: roundMs(r.ms),
           bandwidthBytesPerSec: Math.round((r.bytes / Math.max(r.ms, 0.001)) * 1000),
           dirtyBytesPerSec: Math.round((remainingBytes / Math.max(r.ms, 0.001)) * 1000),
           remainingPages,
-          expectedDowntimeMs: round2(decision.expectedDowntimeMs),
+          expectedDowntimeMs: roundMs(decision.expectedDowntimeMs),
           throttle: this.stunner.current,
           decision: decision.action === "stop-and-copy" ? `stop-and-copy (${decision.reason})` : decision.action === "throttle" ? `throttle to ${decision.level}% (${decision.reason})` : "round",
         };
@@ -329,7 +327,7 @@ export class LiveMigrationSource {
         round: rounds.length,
         pages: last.pages,
         bytes: last.bytes,
-        durationMs: round2(last.ms),
+        durationMs: roundMs(last.ms),
         bandwidthBytesPerSec: Math.round((last.bytes / Math.max(last.ms, 0.001)) * 1000),
         dirtyBytesPerSec: 0,
         remainingPages: 0,
@@ -347,22 +345,22 @@ export class LiveMigrationSource {
         from: p.from,
         to: p.to,
         ok: true,
-        totalMs: round2(monotonicMs() - t0),
-        downtimeMs: round2(s4 - s0),
+        totalMs: roundMs(monotonicMs() - t0),
+        downtimeMs: roundMs(s4 - s0),
         downtime: {
-          stopMs: round2(s1 - s0),
-          finalCopyMs: round2(s2 - s1),
-          stateSaveMs: round2(s3 - s2),
-          transferMs: round2(Math.max(0, s4 - s3 - restoreMs - resumeMs)),
-          restoreMs: round2(restoreMs),
-          resumeMs: round2(resumeMs),
+          stopMs: roundMs(s1 - s0),
+          finalCopyMs: roundMs(s2 - s1),
+          stateSaveMs: roundMs(s3 - s2),
+          transferMs: roundMs(Math.max(0, s4 - s3 - restoreMs - resumeMs)),
+          restoreMs: roundMs(restoreMs),
+          resumeMs: roundMs(resumeMs),
         },
         bytes: this.sm.stats.bytesSent + state.byteLength,
         pages: this.sm.stats.pagesSent,
         rounds,
         stopReason,
         throttleMax: this.stunner.maxLevel,
-        stunnedMs: round2(this.stunner.stunnedMs),
+        stunnedMs: roundMs(this.stunner.stunnedMs),
         ...(sourceSha !== undefined && resumed.ramSha256 !== undefined ? { ramSha256: { source: sourceSha, target: resumed.ramSha256 } } : {}),
       };
       this.progress("done");
@@ -391,6 +389,3 @@ export class LiveMigrationSource {
   }
 }
 
-function round2(v: number): number {
-  return Math.round(v * 100) / 100;
-}

@@ -13,7 +13,7 @@ import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, ty
 import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
 import { FrameConnection } from "./transport.js";
 import type { Migratable } from "./vm.js";
-import { monotonicMs } from "../common/time.js";
+import { monotonicMs, roundMs } from "../common/time.js";
 
 export interface TargetParams {
   token: string;
@@ -176,7 +176,7 @@ export class LiveMigrationTarget {
         await this.vm.run();
         const resumeMs = monotonicMs() - t0;
         const resumedAtMs = Date.now();
-        const step = this.sm.resumed(resumedAtMs, { restoreMs: round2(this.restoreMs), resumeMs: round2(resumeMs), ...(ramSha256 !== undefined ? { ramSha256 } : {}) });
+        const step = this.sm.resumed(resumedAtMs, { restoreMs: roundMs(this.restoreMs), resumeMs: roundMs(resumeMs), ...(ramSha256 !== undefined ? { ramSha256 } : {}) });
         this.clearIdle();
         this.settled = true;
         const stats = this.sm.stats;
@@ -184,8 +184,8 @@ export class LiveMigrationTarget {
           pausedAtMs: this.pausedAtMs,
           guestClockMs: this.guestClockMs,
           resumedAtMs,
-          restoreMs: round2(this.restoreMs),
-          resumeMs: round2(resumeMs),
+          restoreMs: roundMs(this.restoreMs),
+          resumeMs: roundMs(resumeMs),
           stateBytes: this.stateBytes,
           rounds: stats.rounds,
           pages: stats.pages,
@@ -205,6 +205,3 @@ export class LiveMigrationTarget {
   }
 }
 
-function round2(v: number): number {
-  return Math.round(v * 100) / 100;
-}

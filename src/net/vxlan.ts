@@ -12,7 +12,7 @@ import { isIPv4 } from "node:net";
 import type { Logger } from "../common/log.js";
 import { VtepBindError, VtepConfigError, VxlanDecodeError } from "./errors.js";
 import { ETH_HEADER_BYTES, isMulticastMac, macKey, macKeyToString } from "./frames.js";
-import { MAX_VNI, type UplinkIngress, type VirtualSwitch } from "./switch.js";
+import { DEFAULT_AGING_MS, DEFAULT_MAX_MACS, MAX_VNI, type UplinkIngress, type VirtualSwitch } from "./switch.js";
 
 /** IANA port for VXLAN. */
 export const VXLAN_PORT = 4789;
@@ -184,8 +184,8 @@ export class Vtep {
     this.sock = sock;
     this.address = address;
     this.port = port;
-    this.agingMs = opts.agingMs ?? 300_000;
-    this.maxMacs = opts.maxMacsPerVni ?? 4096;
+    this.agingMs = opts.agingMs ?? DEFAULT_AGING_MS;
+    this.maxMacs = opts.maxMacsPerVni ?? DEFAULT_MAX_MACS;
     this.strict = opts.strictRemotes ?? false;
     this.now = opts.now ?? Date.now;
     this.log = opts.log;

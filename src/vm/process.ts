@@ -12,7 +12,7 @@ import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js"
 import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
-import { monotonicMs } from "../common/time.js";
+import { monotonicMs, roundMs } from "../common/time.js";
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
@@ -319,7 +319,7 @@ class VmProcess {
         const restored = monotonicMs();
         await engine.run();
         agent.setTime(Date.now(), 5_000).catch(() => undefined);
-        const phases = { read: round1(read - t0), restore: round1(restored - read) };
+        const phases = { read: roundMs(read - t0, 1), restore: roundMs(restored - read, 1) };
         send({ t: "ready", startMs: Math.round(monotonicMs() - t0), phases });
         send({ t: "state", state: "running" });
         return { phases };
@@ -420,9 +420,6 @@ class VmProcess {
   }
 }
 
-function round1(v: number): number {
-  return Math.round(v * 10) / 10;
-}
 
 async function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
