@@ -34,3 +34,20 @@ function displayWidth(s: string): number {
 export function formatMs(ms: number): string {
   return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
 }
+
+/** "5s ago", "3m ago", "2h ago", "4d ago" for an ISO time; "-" when absent or unparsable. */
+export function formatAgo(iso: string | undefined, now: number = Date.now()): string {
+  if (iso === undefined) return "-";
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return "-";
+  const s = Math.max(0, Math.round((now - t) / 1000));
+  if (s < 120) return `${s}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  if (s < 172_800) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86_400)}d ago`;
+}
+
+/** "512 MiB", "1.5 GiB" (a size given in MiB). */
+export function formatMiB(mib: number): string {
+  return mib >= 1024 ? `${(mib / 1024).toFixed(1).replace(/\.0$/, "")} GiB` : `${Math.round(mib)} MiB`;
+}

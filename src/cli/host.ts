@@ -7,6 +7,7 @@ import { HopError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
 import { generateToken } from "../host/auth.js";
 import { parseListen, serveHost } from "../host/server.js";
+import { intOption } from "./common.js";
 
 interface ServeOptions {
   name: string;
@@ -20,6 +21,10 @@ interface ServeOptions {
   vxlanRemote: string[];
   network: string[];
   hostAccess: string[];
+  manager?: string;
+  advertise?: string;
+  capacityMib?: number;
+  cpus?: number;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -82,9 +87,16 @@ export function register(program: Command): void {
     .option("--vxlan-remote <addr[:port]>", "another host's underlay address (repeatable): virtual networks span these hosts", collect, [] as string[])
     .option("--network <name:vni:subnet[:gateway]>", "carry a virtual network, e.g. net1:100:10.10.0.0/24 (repeatable; defined in the datastore if new)", collect, [] as string[])
     .option("--host-access <network>", "let programs on this machine reach the network's guests by IP through a Linux gateway (root; repeatable)", collect, [] as string[])
+    .option("--manager <url>", "join this cluster manager (needs --token or --token-file: the cluster token, used in both directions); without its lease the host runs no VM")
+    .option("--advertise <url>", "the URL the manager uses to reach this host agent (default: the listen URL)")
+    .option("--capacity-mib <n>", "memory offered to the cluster's VMs, MiB (default: 80% of this machine's)", intOption(64, 64 * 1024 * 1024))
+    .option("--cpus <n>", "CPUs offered to the cluster (default: this machine's)", intOption(1, 4096))
     .action(async (opts: ServeOptions) => {
       const name = opts.name.trim();
       if (name === "") throw new HopError("BAD_HOST_NAME", "--name must not be empty");
+      if (opts.manager !== undefined && opts.token === undefined && opts.tokenFile === undefined) {
+        throw new HopError("MANAGER_NEEDS_TOKEN", "--manager needs the cluster token: give --token or --token-file");
+      }
       const datastore = resolve(opts.datastore);
       await mkdir(datastore, { recursive: true });
       const { token, note } = await hostToken(opts, datastore);
@@ -127,6 +139,31 @@ export function register(program: Command): void {
       if (vtep !== undefined) process.stdout.write(`host ${name} vxlan endpoint ${vtep}\n`);
       process.stdout.write(`host ${name} listening on ${server.url}\n`);
 
+      let link: import("../host/managerlink.js").ManagerLink | undefined;
+      if (opts.manager !== undefined) {
+        const { ManagerLink } = await import("../host/managerlink.js");
+        try {
+          link = new ManagerLink({
+            supervisor,
+            managerUrl: opts.manager,
+            token,
+            hostName: name,
+            agentUrl: opts.advertise ?? server.url,
+            ...(opts.capacityMib !== undefined || opts.cpus !== undefined
+              ? { capacity: { ...(opts.cpus !== undefined ? { cpus: opts.cpus } : {}), ...(opts.capacityMib !== undefined ? { memoryMiB: opts.capacityMib } : {}) } }
+              : {}),
+            log,
+          });
+        } catch (err) {
+          await server.close();
+          await supervisor.close();
+          throw err;
+        }
+        link.start();
+        process.stdout.write(`host ${name} joining the cluster manager at ${link.managerUrl}\n`);
+      }
+      const managerLink = link;
+
       const srv = server;
       await new Promise<void>((done) => {
         let stopping = false;
@@ -138,6 +175,11 @@ export function register(program: Command): void {
           stopping = true;
           log.info({ signal }, "stopping the host agent");
           const stop = async (): Promise<void> => {
+            try {
+              await managerLink?.stop();
+            } catch (err) {
+              log.error({ err }, "stopping the manager link failed");
+            }
             try {
               await srv.close();
             } catch (err) {

@@ -1,18 +1,29 @@
-/** `hop vm migrate` and `hop vm suspend`: move a VM to another host, or save it to the datastore. */
+/**
+ * `hop vm migrate` and `hop vm suspend`: move a VM to another host, or save it to the datastore.
+ * Against a host agent, `--to` names the target (a --peer name or URL) and progress comes from
+ * the source host's events; against the cluster manager, `--to` is a host name and optional (the
+ * manager picks), the migration is a task and progress comes from the manager's events.
+ */
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import { Option } from "commander";
-import { parseHostEvent, waitOpen } from "../host/client.js";
+import { HopError } from "../common/errors.js";
+import type { ClusterMigrateRequest } from "../cluster/api-types.js";
+import { parseClusterEvent, type ManagerClient } from "../cluster/client.js";
+import { parseHostEvent, waitOpen, type HostClient } from "../host/client.js";
 import type { MigrationProgress, MigrationReport } from "../migration/index.js";
-import { connect, intOption, output, withHostOptions, type HostOptions } from "./common.js";
+import { connect, connectAny, intOption, output, withHostOptions, type HostOptions } from "./common.js";
 import { formatMs, keyValues, table } from "./format.js";
+import { taskStarted } from "./task.js";
 
 interface MigrateOptions extends HostOptions {
-  to: string;
+  to?: string;
   mode: "live" | "quick" | "cold";
   downtimeTarget?: number;
   bandwidth?: number;
   lz4?: boolean;
+  /** false with --no-wait (manager only). */
+  wait: boolean;
 }
 
 const MB = 1e6;
@@ -50,56 +61,135 @@ function progressLine(p: MigrationProgress): string {
   return `round ${r.round}: ${r.pages} pages, ${mb(r.bytes)} MB at ${mb(r.bandwidthBytesPerSec)} MB/s, dirty ${mb(r.dirtyBytesPerSec)} MB/s, expected pause ${r.expectedDowntimeMs.toFixed(1)} ms -> ${r.decision}`;
 }
 
+/** Shows migration progress: a bar on a terminal, one line per round otherwise, nothing with --json. */
+class ProgressView {
+  private bar: cliProgress.SingleBar | undefined;
+  private rounds = 0;
+  private readonly tty: boolean;
+
+  constructor(private readonly json: boolean) {
+    this.tty = !json && process.stderr.isTTY;
+  }
+
+  update(p: MigrationProgress): void {
+    if (p.round !== undefined) this.rounds = p.round.round + 1;
+    if (this.tty) {
+      if (this.bar === undefined) {
+        this.bar = new cliProgress.SingleBar({ format: "{phase} [{bar}] rounds {value} | {line}", stream: process.stderr, hideCursor: true, barsize: 20 }, cliProgress.Presets.shades_classic);
+        this.bar.start(30, 0, { phase: p.phase.padEnd(13), line: "" });
+      }
+      this.bar.update(this.rounds, { phase: p.phase.padEnd(13), line: progressLine(p).slice(0, 100) });
+    } else if (!this.json && p.round !== undefined) {
+      process.stderr.write(`${progressLine(p)}\n`);
+    }
+  }
+
+  done(): void {
+    this.bar?.update(this.rounds, { phase: "done".padEnd(13), line: "" });
+    this.stop();
+  }
+
+  stop(): void {
+    this.bar?.stop();
+    this.bar = undefined;
+  }
+}
+
+/** Migration through a host agent: --to is required; progress from the source host's events. */
+async function migrateOnHost(client: HostClient, name: string, to: string, opts: MigrateOptions): Promise<void> {
+  const view = new ProgressView(opts.json === true);
+  const events = client.events();
+  events.on("message", (data) => {
+    const ev = parseHostEvent(data);
+    if (ev.type !== "migration.progress" || ev.vm !== name) return;
+    view.update(ev.progress);
+  });
+  await waitOpen(events).catch(() => undefined);
+  try {
+    const report = await client.migrate(name, {
+      to,
+      mode: opts.mode,
+      ...(opts.downtimeTarget !== undefined ? { downtimeTargetMs: opts.downtimeTarget } : {}),
+      ...(opts.bandwidth !== undefined ? { bandwidth: opts.bandwidth } : {}),
+      ...(opts.lz4 === true ? { lz4: true } : {}),
+    });
+    view.done();
+    output(opts, report, () => formatReport(report));
+  } finally {
+    view.stop();
+    events.close();
+  }
+}
+
+/**
+ * Migration through the cluster manager (a vm.migrate task): progress from the manager's
+ * migration.progress events for this VM (of our task, once its id is seen). Prints the same
+ * report as on a host agent, plus the task id (JSON: the report with `taskId`).
+ */
+async function migrateOnManager(client: ManagerClient, name: string, opts: MigrateOptions): Promise<void> {
+  const req: ClusterMigrateRequest = {
+    ...(opts.to !== undefined ? { to: opts.to } : {}),
+    mode: opts.mode,
+    ...(opts.downtimeTarget !== undefined ? { downtimeTargetMs: opts.downtimeTarget } : {}),
+    ...(opts.bandwidth !== undefined ? { bandwidth: opts.bandwidth } : {}),
+    ...(opts.lz4 === true ? { lz4: true } : {}),
+  };
+  if (!opts.wait) {
+    const task = await client.migrate(name, { ...req, wait: false });
+    output(opts, task, () => taskStarted(task));
+    return;
+  }
+  const view = new ProgressView(opts.json === true);
+  let taskId: string | undefined;
+  const events = client.events();
+  events.on("message", (data) => {
+    let ev;
+    try {
+      ev = parseClusterEvent(data);
+    } catch {
+      return;
+    }
+    if (ev.type !== "migration.progress" || ev.vm !== name || ev.data === undefined) return;
+    if (ev.taskId !== undefined) {
+      if (taskId !== undefined && ev.taskId !== taskId) return;
+      taskId = ev.taskId;
+    }
+    view.update(ev.data as MigrationProgress);
+  });
+  await waitOpen(events).catch(() => undefined);
+  try {
+    const r = await client.migrate(name, { ...req, wait: true });
+    view.done();
+    output(opts, { ...r.report, taskId: r.taskId }, () => `${formatReport(r.report)}\n\ntask: ${r.taskId}`);
+  } finally {
+    view.stop();
+    events.close();
+  }
+}
+
 export function register(vm: Command): void {
   withHostOptions(
     vm
       .command("migrate")
       .description("move a VM to another host: live (memory-to-memory, tens of ms pause), quick (state through the shared datastore, a pause of ~0.2-0.5 s) or cold (VM off)")
       .argument("<name>")
-      .requiredOption("--to <host>", "target host: a name given to the host agent with --peer, or its URL")
+      .option("--to <host>", "target host: on a cluster manager a host name (default: the manager picks one); on a host agent (required) a name given with --peer, or its URL")
       .addOption(new Option("--mode <mode>", "live | quick | cold").choices(["live", "quick", "cold"]).default("live"))
       .option("--downtime-target <ms>", "live: the pause to aim for (default 50)", intOption(1, 60_000))
       .option("--bandwidth <bytes/s>", "live: limit page traffic, e.g. 125M (1 Gbit/s)", parseBandwidth)
-      .option("--lz4", "live: LZ4-compress pages (pays on slow links)"),
+      .option("--lz4", "live: LZ4-compress pages (pays on slow links)")
+      .option("--no-wait", "cluster manager: answer with the task at once instead of the report"),
   ).action(async (name: string, opts: MigrateOptions) => {
-    const client = await connect(opts);
-    const json = opts.json === true;
-    const tty = !json && process.stderr.isTTY;
-    // Progress comes from the source host's event stream.
-    const events = client.events();
-    let bar: cliProgress.SingleBar | undefined;
-    let rounds = 0;
-    events.on("message", (data) => {
-      const ev = parseHostEvent(data);
-      if (ev.type !== "migration.progress" || ev.vm !== name) return;
-      const p = ev.progress;
-      if (p.round !== undefined) rounds = p.round.round + 1;
-      if (tty) {
-        if (bar === undefined) {
-          bar = new cliProgress.SingleBar({ format: "{phase} [{bar}] rounds {value} | {line}", stream: process.stderr, hideCursor: true, barsize: 20 }, cliProgress.Presets.shades_classic);
-          bar.start(30, 0, { phase: p.phase.padEnd(13), line: "" });
-        }
-        bar.update(rounds, { phase: p.phase.padEnd(13), line: progressLine(p).slice(0, 100) });
-      } else if (!json && p.round !== undefined) {
-        process.stderr.write(`${progressLine(p)}\n`);
-      }
-    });
-    await waitOpen(events).catch(() => undefined);
-    try {
-      const report = await client.migrate(name, {
-        to: opts.to,
-        mode: opts.mode,
-        ...(opts.downtimeTarget !== undefined ? { downtimeTargetMs: opts.downtimeTarget } : {}),
-        ...(opts.bandwidth !== undefined ? { bandwidth: opts.bandwidth } : {}),
-        ...(opts.lz4 === true ? { lz4: true } : {}),
-      });
-      bar?.update(rounds, { phase: "done".padEnd(13), line: "" });
-      bar?.stop();
-      output(opts, report, () => formatReport(report));
-    } finally {
-      bar?.stop();
-      events.close();
+    const target = await connectAny(opts);
+    if (target.kind === "manager") {
+      await migrateOnManager(target.client, name, opts);
+      return;
     }
+    if (opts.to === undefined) {
+      throw new HopError("USAGE", `--to is required when talking to a host agent (${target.client.baseUrl}); only a cluster manager picks the target itself`, { status: 400 });
+    }
+    if (!opts.wait) throw new HopError("NOT_A_MANAGER", `--no-wait needs a cluster manager; ${target.client.baseUrl} is a host agent`, { status: 400 });
+    await migrateOnHost(target.client, name, opts.to, opts);
   });
 
   withHostOptions(vm.command("suspend").description("save a VM's whole state to the datastore and stop it; `start` resumes it").argument("<name>")).action(

@@ -1,54 +1,87 @@
-/** `hop vm …`: manage the VMs of one host agent. */
+/**
+ * `hop vm …`: manage VMs, on one host agent or across a cluster through its manager (which
+ * mirrors the host agent's VM routes and adds placement: `create --on`, `start --on`).
+ */
 import type { Command } from "commander";
 import type WebSocket from "ws";
 import type { RawData } from "ws";
 import { HopError } from "../common/errors.js";
 import { waitOpen } from "../host/client.js";
 import type { VmInfo } from "../host/types.js";
+import type { ClusterVm } from "../cluster/api-types.js";
 import { MAX_MEMORY_MIB, MIN_MEMORY_MIB, type VmCreateRequest } from "../vm/config.js";
-import { connect, intOption, output, withHostOptions, type HostOptions } from "./common.js";
+import { connect, connectAny, intOption, output, requireManager, withHostOptions, type HostOptions } from "./common.js";
 import { formatMs, keyValues, table } from "./format.js";
 import { register as registerMigrate } from "./migrate.js";
 
 /** Ctrl-] (as in telnet and virsh console) detaches from a console. */
 const DETACH_BYTE = 0x1d;
 
-function memoryText(info: VmInfo): string {
+/** A VM as a host agent (VmInfo) or the manager (ClusterVm) reports it. */
+type AnyVm = VmInfo | ClusterVm;
+
+function isClusterVm(info: AnyVm): info is ClusterVm {
+  return typeof (info as Partial<ClusterVm>).generation === "number" && typeof (info as Partial<ClusterVm>).host === "string";
+}
+
+function memoryText(info: AnyVm): string {
   return `${info.config.memoryMiB} MiB`;
 }
 
-function describeVm(info: VmInfo): string {
+function describeVm(info: AnyVm): string {
   const c = info.config;
+  const cl = isClusterVm(info) ? info : undefined;
+  const host = info as Partial<VmInfo>;
   return keyValues([
     ["name", info.name],
     ["uuid", info.uuid],
-    ["state", info.state],
+    ["host", cl?.host],
+    ["state", cl !== undefined && cl.desiredPower !== undefined ? `${info.state} (wanted: ${cl.desiredPower})` : info.state],
+    ["generation", cl !== undefined ? String(cl.generation) : undefined],
+    ["cpu", cl?.cpuPct !== undefined ? `${cl.cpuPct.toFixed(0)}%` : undefined],
+    ["rss", cl?.rssMiB !== undefined ? `${cl.rssMiB.toFixed(0)} MiB` : undefined],
     ["memory", memoryText(info)],
     ["mac", c.mac],
     ["network", c.network],
     ["ip", c.ip !== undefined ? `${c.ip}${c.gw !== undefined ? ` (gateway ${c.gw})` : ""}` : undefined],
     ["disk", c.disk !== undefined ? `${c.disk.path} (${c.disk.sizeMiB} MiB)` : undefined],
     ["boot", c.boot === "cold" ? "cold (boots the kernel)" : "template (restores the template state)"],
-    ["pid", info.pid !== undefined ? String(info.pid) : undefined],
-    ["last start", info.startMs !== undefined ? `${formatMs(info.startMs)}${info.startedFrom !== undefined ? ` from ${info.startedFrom}` : ""}` : undefined],
+    ["pid", host.pid !== undefined ? String(host.pid) : undefined],
+    ["last start", host.startMs !== undefined ? `${formatMs(host.startMs)}${host.startedFrom !== undefined ? ` from ${host.startedFrom}` : ""}` : undefined],
     ["created", c.createdAt],
-    ["last error", info.lastError],
+    ["last error", host.lastError],
+    ["updated", cl?.updatedAt],
   ]);
 }
 
-function vmTable(vms: VmInfo[]): string {
+function diskText(v: AnyVm): string {
+  return v.config.disk !== undefined ? `${v.config.disk.sizeMiB} MiB` : "-";
+}
+
+export function vmTable(vms: VmInfo[]): string {
   if (vms.length === 0) return "no VMs on this host";
   return table(
     ["NAME", "STATE", "MEMORY", "IP", "DISK", "PID"],
-    vms.map((v) => [v.name, v.state, memoryText(v), v.config.ip ?? "-", v.config.disk !== undefined ? `${v.config.disk.sizeMiB} MiB` : "-", v.pid !== undefined ? String(v.pid) : "-"]),
+    vms.map((v) => [v.name, v.state, memoryText(v), v.config.ip ?? "-", diskText(v), v.pid !== undefined ? String(v.pid) : "-"]),
   );
 }
 
-function stateLine(info: VmInfo): string {
-  if (info.state === "running" && info.startMs !== undefined) {
-    return `${info.name} running (started${info.startedFrom !== undefined ? ` from ${info.startedFrom}` : ""} in ${formatMs(info.startMs)})`;
+/** The VMs of a cluster, with the host that owns each. */
+export function clusterVmTable(vms: ClusterVm[]): string {
+  if (vms.length === 0) return "no VMs in the cluster";
+  return table(
+    ["NAME", "HOST", "STATE", "MEMORY", "IP", "DISK", "CPU"],
+    vms.map((v) => [v.name, v.host, v.state, memoryText(v), v.config.ip ?? "-", diskText(v), v.cpuPct !== undefined ? `${v.cpuPct.toFixed(0)}%` : "-"]),
+  );
+}
+
+function stateLine(info: AnyVm): string {
+  const on = isClusterVm(info) ? ` on ${info.host}` : "";
+  const h = info as Partial<VmInfo>;
+  if (info.state === "running" && h.startMs !== undefined) {
+    return `${info.name} running${on} (started${h.startedFrom !== undefined ? ` from ${h.startedFrom}` : ""} in ${formatMs(h.startMs)})`;
   }
-  return `${info.name} ${info.state}`;
+  return `${info.name} ${info.state}${on}`;
 }
 
 function rawToBuffer(data: RawData): Buffer {
@@ -70,10 +103,12 @@ interface CreateOptions extends HostOptions {
   network?: string;
   disk?: number;
   coldBoot?: boolean;
+  on?: string;
+  start?: boolean;
 }
 
 export function register(program: Command): void {
-  const vm = program.command("vm").description("manage the VMs of a host agent");
+  const vm = program.command("vm").description("manage the VMs of a host agent, or of a cluster through its manager");
 
   withHostOptions(
     vm
@@ -86,9 +121,11 @@ export function register(program: Command): void {
       .option("--ip <addr/prefix>", "static IPv4 address with prefix, e.g. 10.10.0.5/24 (with --network: the address to ask the pool for)")
       .option("--gw <addr>", "default gateway (with --network: the network's gateway unless given)")
       .option("--disk <MiB>", "create a data disk of this size (mounted on /data)", intOption(1, 1 << 20))
-      .option("--cold-boot", "boot the kernel on every start instead of restoring the template state"),
+      .option("--cold-boot", "boot the kernel on every start instead of restoring the template state")
+      .option("--on <host>", "cluster: create it on this host (default: the manager places it)")
+      .option("--start", "start it once created"),
   ).action(async (name: string, opts: CreateOptions) => {
-    const client = await connect(opts);
+    const target = await connectAny(opts);
     const req: VmCreateRequest = {
       name,
       ...(opts.memory !== undefined ? { memoryMiB: opts.memory } : {}),
@@ -99,35 +136,62 @@ export function register(program: Command): void {
       ...(opts.disk !== undefined ? { diskMiB: opts.disk } : {}),
       ...(opts.coldBoot === true ? { boot: "cold" as const } : {}),
     };
-    const info = await client.create(req);
-    output(opts, info, () => {
-      const c = info.config;
-      const extra = [memoryText(info), `mac ${c.mac}`, ...(c.network !== undefined ? [`network ${c.network}`] : []), ...(c.ip !== undefined ? [`ip ${c.ip}`] : []), ...(c.disk !== undefined ? [`disk ${c.disk.sizeMiB} MiB`] : []), `${c.boot} boot`];
-      return `created ${info.name} (${extra.join(", ")})`;
+    let info: AnyVm;
+    if (target.kind === "manager") {
+      info = await target.client.create({ ...req, ...(opts.on !== undefined ? { host: opts.on } : {}), ...(opts.start === true ? { start: true } : {}) });
+    } else {
+      if (opts.on !== undefined) {
+        throw new HopError("NOT_A_MANAGER", `--on needs a cluster manager, but ${target.client.baseUrl} is a host agent (pass --host <manager URL>, or leave --on out to create the VM on this host)`, { status: 400 });
+      }
+      info = await target.client.create(req);
+      if (opts.start === true) info = await target.client.start(name);
+    }
+    const created = info;
+    output(opts, created, () => {
+      const c = created.config;
+      const extra = [memoryText(created), `mac ${c.mac}`, ...(c.network !== undefined ? [`network ${c.network}`] : []), ...(c.ip !== undefined ? [`ip ${c.ip}`] : []), ...(c.disk !== undefined ? [`disk ${c.disk.sizeMiB} MiB`] : []), `${c.boot} boot`];
+      const where = isClusterVm(created) ? ` on ${created.host}` : "";
+      return `created ${created.name}${where} (${extra.join(", ")})${opts.start === true ? `\n${stateLine(created)}` : ""}`;
     });
   });
 
   registerMigrate(vm);
 
-  withHostOptions(vm.command("list").alias("ls").description("list the VMs")).action(async (opts: HostOptions) => {
-    const vms = await (await connect(opts)).list();
-    output(opts, { vms }, () => vmTable(vms));
+  withHostOptions(vm.command("list").alias("ls").description("list the VMs (of the cluster, with their hosts, when talking to a manager)")).action(async (opts: HostOptions) => {
+    const target = await connectAny(opts);
+    if (target.kind === "manager") {
+      const vms = await target.client.list();
+      output(opts, { vms }, () => clusterVmTable(vms));
+    } else {
+      const vms = await target.client.list();
+      output(opts, { vms }, () => vmTable(vms));
+    }
   });
 
   withHostOptions(vm.command("show").description("show one VM").argument("<name>")).action(async (name: string, opts: HostOptions) => {
-    const info = await (await connect(opts)).get(name);
+    const info: AnyVm = await (await connect(opts)).get(name);
     output(opts, info, () => describeVm(info));
   });
 
-  const simple: { cmd: "start" | "pause" | "resume" | "poweroff"; help: string }[] = [
-    { cmd: "start", help: "start a VM (from the template state unless it was created with --cold-boot)" },
+  withHostOptions(
+    vm
+      .command("start")
+      .description("start a VM (from the template state unless it was created with --cold-boot)")
+      .argument("<name>")
+      .option("--on <host>", "cluster: start it on this host"),
+  ).action(async (name: string, opts: HostOptions & { on?: string }) => {
+    const info: AnyVm = opts.on !== undefined ? await (await requireManager(opts, "--on")).start(name, { host: opts.on }) : await (await connect(opts)).start(name);
+    output(opts, info, () => stateLine(info));
+  });
+
+  const simple: { cmd: "pause" | "resume" | "poweroff"; help: string }[] = [
     { cmd: "pause", help: "pause a running VM" },
     { cmd: "resume", help: "resume a paused VM" },
     { cmd: "poweroff", help: "power a VM off hard" },
   ];
   for (const { cmd, help } of simple) {
     withHostOptions(vm.command(cmd).description(help).argument("<name>")).action(async (name: string, opts: HostOptions) => {
-      const info = await (await connect(opts))[cmd](name);
+      const info: AnyVm = await (await connect(opts))[cmd](name);
       output(opts, info, () => stateLine(info));
     });
   }
@@ -141,7 +205,7 @@ export function register(program: Command): void {
       .option("--force", "power off hard right away"),
   ).action(async (name: string, opts: HostOptions & { timeout?: number; force?: boolean }) => {
     const client = await connect(opts);
-    const info = opts.force === true ? await client.poweroff(name) : await client.shutdown(name, opts.timeout !== undefined ? { timeoutMs: opts.timeout } : {});
+    const info: AnyVm = opts.force === true ? await client.poweroff(name) : await client.shutdown(name, opts.timeout !== undefined ? { timeoutMs: opts.timeout } : {});
     output(opts, info, () => stateLine(info));
   });
 

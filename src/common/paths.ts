@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -11,4 +12,17 @@ export function defaultCacheDir(): string {
   if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
   const xdg = process.env["XDG_CACHE_HOME"];
   return join(xdg !== undefined && xdg !== "" ? xdg : join(homedir(), ".cache"), "hopvisor");
+}
+
+let version: string | undefined;
+
+/** The package's version (from package.json; "0.0.0" if unreadable). */
+export function packageVersion(): string {
+  if (version !== undefined) return version;
+  try {
+    version = (JSON.parse(readFileSync(join(packageRoot, "package.json"), "utf8")) as { version?: string }).version ?? "0.0.0";
+  } catch {
+    version = "0.0.0";
+  }
+  return version;
 }

@@ -25,6 +25,12 @@ export interface AgentOptions {
   /** NAME:VNI:SUBNET[:GATEWAY] */
   networks?: string[];
   hostAccess?: string[];
+  /** The cluster manager to join (its URL). */
+  manager?: string;
+  /** Memory the host offers to VMs (the manager's admission control). */
+  capacityMiB?: number;
+  /** Run it in its own process group, so one signal to -pid stops it and its VMs (kill -9 tests). */
+  detached?: boolean;
   /** Log level of the agent (default: HOP_LOG_LEVEL or "warn"). */
   logLevel?: string;
   /** Pipe the agent's stderr (its log) to ours (default true). */
@@ -57,9 +63,12 @@ export function startAgent(o: AgentOptions): Promise<AgentProcess> {
   for (const r of o.vxlanRemotes ?? []) args.push("--vxlan-remote", r);
   for (const n of o.networks ?? []) args.push("--network", n);
   for (const n of o.hostAccess ?? []) args.push("--host-access", n);
+  if (o.manager !== undefined) args.push("--manager", o.manager);
+  if (o.capacityMiB !== undefined) args.push("--capacity-mib", String(o.capacityMiB));
   const argv = [process.execPath, ...args];
   const opts: SpawnOptions = {
     stdio: ["ignore", "pipe", "pipe"],
+    ...(o.detached === true ? { detached: true } : {}),
     env: { ...process.env, HOP_LOG_LEVEL: o.logLevel ?? process.env["HOP_LOG_LEVEL"] ?? "warn" },
   };
   const proc = o.spawn !== undefined ? o.spawn(argv, opts) : spawnChild(argv[0]!, argv.slice(1), opts);

@@ -13,6 +13,7 @@ import type { ExecResult, HostEvent, MigrationService, Supervisor, VmInfo } from
 import type { IncomingOutcome, IncomingTicket } from "./migration.js";
 import type { MigrationReport } from "../migration/index.js";
 import type { NetworkDetail, NetworkInfo, NetworkService, NetworksResponse } from "./network.js";
+import { adoptRequestSchema } from "../cluster/protocol.js";
 
 /** Largest request body (and WebSocket message) the API accepts. */
 export const BODY_LIMIT = 1024 * 1024;
@@ -139,21 +140,21 @@ export function toErrorResponse(err: unknown): { status: number; body: ApiErrorB
 }
 
 /** A WebSocket close reason must fit in 123 bytes. */
-function closeReason(text: string): string {
+export function closeReason(text: string): string {
   if (Buffer.byteLength(text, "utf8") <= 123) return text;
   let out = text;
   while (out !== "" && Buffer.byteLength(`${out}…`, "utf8") > 123) out = out.slice(0, -1);
   return `${out}…`;
 }
 
-function rawToBuffer(data: RawData): Buffer {
+export function rawToBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
   return Buffer.from(data);
 }
 
 /** Sends on a WebSocket unless the peer is gone or hopelessly behind (then it is closed). */
-function sendTo(socket: WebSocket, data: Buffer | string, binary: boolean): void {
+export function sendTo(socket: WebSocket, data: Buffer | string, binary: boolean): void {
   if (socket.readyState !== socket.OPEN) return;
   if (socket.bufferedAmount > WS_MAX_BUFFERED) {
     socket.close(WS_CLOSE.tooSlow, "client is not reading fast enough");
@@ -169,14 +170,10 @@ interface NameParams {
 }
 
 /**
- * Installs the /v1 routes, the JSON body parser and the JSON error / not-found handlers on
- * `app` (which must already have @fastify/websocket registered).
+ * JSON-only bodies (other types are 415; an empty body is "no body"; anything unparsable is a
+ * 400 with a fixed message), errors as ApiErrorBody and a JSON 404, on any of our API servers.
  */
-export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrations?: MigrationService, networks?: NetworkService): void {
-  const startedAt = Date.now();
-
-  // JSON bodies only (other types are 415): an empty body is "no body"; anything unparsable is
-  // a 400 with a fixed message.
+export function installJsonHandling(app: FastifyInstance): void {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser("application/json", { parseAs: "string", bodyLimit: BODY_LIMIT }, (_req, body, done) => {
     const text = typeof body === "string" ? body : body.toString("utf8");
@@ -202,6 +199,15 @@ export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrat
     const path = req.url.split("?")[0] ?? req.url;
     return reply.code(404).send({ error: { code: "NOT_FOUND", message: `no route ${req.method} ${path}` } } satisfies ApiErrorBody);
   });
+}
+
+/**
+ * Installs the /v1 routes, the JSON body parser and the JSON error / not-found handlers on
+ * `app` (which must already have @fastify/websocket registered).
+ */
+export function registerApi(app: FastifyInstance, supervisor: Supervisor, migrations?: MigrationService, networks?: NetworkService): void {
+  const startedAt = Date.now();
+  installJsonHandling(app);
 
   app.get("/v1/health", async (): Promise<HealthResponse> => ({
     host: supervisor.hostName,
@@ -346,4 +352,12 @@ function registerMigrationRoutes(app: FastifyInstance, m: MigrationService): voi
   app.post<{ Params: { id: string } }>("/v1/migrations/incoming/:id/fence", async (req): Promise<{ outcome: IncomingOutcome }> => ({
     outcome: await m.fenceIncoming(parseInput(migrationIdParam, req.params.id, "id")),
   }));
+  // HA restart (the cluster manager): take over a VM of a failed host from the shared datastore.
+  if (m.adopt !== undefined) {
+    app.post<{ Params: NameParams }>("/v1/vms/:name/adopt", async (req): Promise<VmInfo> => {
+      const name = parseVmName(req.params.name);
+      const body = parseInput(adoptRequestSchema, req.body ?? {}, "body");
+      return m.adopt!(name, body);
+    });
+  }
 }

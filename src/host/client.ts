@@ -15,9 +15,10 @@ import type { ApiErrorBody, DestroyOptions, ExecRequest, HealthResponse, Shutdow
 import type { ExecResult, HostEvent, VmInfo } from "./types.js";
 import type { IncomingOutcome, IncomingRequest, IncomingTicket, MigratePeerResolver, MigrateRequest, MigrationPeer } from "./migration.js";
 import type { MigrationReport } from "../migration/index.js";
+import type { AdoptRequest } from "../cluster/protocol.js";
 import type { NetworkCreateRequest, NetworkDetail, NetworkInfo, NetworksResponse } from "./network.js";
 
-/** An error response of the host agent, with the server's code, message and HTTP status. */
+/** An error response of a host agent (or the cluster manager), with the server's code, message and HTTP status. */
 export class ApiError extends HopError {
   constructor(code: string, message: string, status: number) {
     super(code, message, { status });
@@ -26,10 +27,37 @@ export class ApiError extends HopError {
 
 const NETWORK_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "EPIPE"]);
 
-function unreachable(url: string, err: unknown): HopError | undefined {
+/**
+ * Where an API client sends its requests. `label` names the server in messages ("host agent",
+ * "manager") and `codePrefix` starts the error codes ("HOST" -> HOST_UNREACHABLE, HOST_TIMEOUT...).
+ */
+export interface ApiEndpoint {
+  baseUrl: string;
+  token: string;
+  label: string;
+  codePrefix: string;
+}
+
+const HOST_AGENT = { label: "host agent", codePrefix: "HOST" } as const;
+
+/** Checks a base URL (http/https) and drops trailing slashes; `what` names it in the error. */
+export function normalizeBaseUrl(baseUrl: string, what = "host"): string {
+  let url: URL;
+  try {
+    url = new URL(baseUrl);
+  } catch {
+    throw new HopError("BAD_HOST_URL", `'${baseUrl}' is not a URL (expected e.g. http://127.0.0.1:7401)`, { status: 400 });
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new HopError("BAD_HOST_URL", `${what} URL must be http:// or https://, not '${baseUrl}'`, { status: 400 });
+  }
+  return url.href.replace(/\/+$/, "");
+}
+
+function unreachable(ep: ApiEndpoint, err: unknown): HopError | undefined {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   if (code === undefined || !NETWORK_CODES.has(code)) return undefined;
-  return new HopError("HOST_UNREACHABLE", `cannot reach the host agent at ${url} (${code})`, { status: 503, cause: err });
+  return new HopError(`${ep.codePrefix}_UNREACHABLE`, `cannot reach the ${ep.label} at ${ep.baseUrl} (${code})`, { status: 503, cause: err });
 }
 
 function isApiErrorBody(v: unknown): v is ApiErrorBody {
@@ -37,7 +65,7 @@ function isApiErrorBody(v: unknown): v is ApiErrorBody {
   return typeof e?.code === "string" && typeof e.message === "string";
 }
 
-function apiErrorFrom(status: number, statusText: string, text: string): ApiError {
+function apiErrorFrom(status: number, statusText: string, text: string, label: string): ApiError {
   try {
     const body: unknown = JSON.parse(text);
     if (isApiErrorBody(body)) return new ApiError(body.error.code, body.error.message, status);
@@ -45,7 +73,7 @@ function apiErrorFrom(status: number, statusText: string, text: string): ApiErro
     // not JSON: fall through
   }
   const snippet = text.trim().slice(0, 200);
-  return new ApiError(`HTTP_${status}`, `host agent answered ${status} ${statusText}${snippet !== "" ? `: ${snippet}` : ""}`, status);
+  return new ApiError(`HTTP_${status}`, `${label} answered ${status} ${statusText}${snippet !== "" ? `: ${snippet}` : ""}`, status);
 }
 
 /** Resolves once `ws` (from HostClient.console/events) is open; rejects with ApiError / HOST_UNREACHABLE. */
@@ -70,20 +98,11 @@ export function parseHostEvent(data: RawData): HostEvent {
 
 export class HostClient {
   readonly baseUrl: string;
-  private readonly token: string;
+  private readonly endpoint: ApiEndpoint;
 
   constructor(baseUrl: string, token: string) {
-    let url: URL;
-    try {
-      url = new URL(baseUrl);
-    } catch {
-      throw new HopError("BAD_HOST_URL", `'${baseUrl}' is not a URL (expected e.g. http://127.0.0.1:7401)`, { status: 400 });
-    }
-    if (url.protocol !== "http:" && url.protocol !== "https:") {
-      throw new HopError("BAD_HOST_URL", `host URL must be http:// or https://, not '${baseUrl}'`, { status: 400 });
-    }
-    this.baseUrl = url.href.replace(/\/+$/, "");
-    this.token = token;
+    this.baseUrl = normalizeBaseUrl(baseUrl);
+    this.endpoint = { baseUrl: this.baseUrl, token, ...HOST_AGENT };
   }
 
   health(): Promise<HealthResponse> {
@@ -169,6 +188,15 @@ export class HostClient {
     return (await this.call<{ outcome: IncomingOutcome }>("POST", `/v1/migrations/incoming/${enc(migrationId)}/fence`, undefined, 15_000)).outcome;
   }
 
+  /**
+   * HA restart: the host takes over VM `name` of the failed host `req.fromHost` from the shared
+   * datastore (its config must still carry `req.generation`; 409 VM_OWNERSHIP_CHANGED otherwise)
+   * and starts it unless `req.start` is false.
+   */
+  adopt(name: string, req: AdoptRequest): Promise<VmInfo> {
+    return this.call<VmInfo>("POST", `/v1/vms/${enc(name)}/adopt`, req);
+  }
+
   /** The host's virtual networks, its VXLAN endpoint and switch counters. */
   networks(): Promise<NetworksResponse> {
     return this.call<NetworksResponse>("GET", "/v1/networks");
@@ -202,74 +230,91 @@ export class HostClient {
   // --- internals ---
 
   private socket(path: string): WebSocket {
-    const url = this.baseUrl.replace(/^http/, "ws") + path;
-    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${this.token}` } });
-    const opened = new Promise<void>((resolve, reject) => {
-      let settled = false;
-      const settle = (err?: unknown): void => {
-        if (settled) return;
-        settled = true;
-        if (err === undefined) resolve();
-        else reject(err instanceof Error ? err : new Error(errorMessage(err)));
-      };
-      ws.once("open", () => settle());
-      // A refused upgrade (401, 404...): report the server's JSON error, then drop the handshake.
-      ws.on("unexpected-response", (_req, res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", () => undefined);
-        res.on("end", () => {
-          settle(apiErrorFrom(res.statusCode ?? 0, res.statusMessage ?? "", Buffer.concat(chunks).toString("utf8")));
-          ws.terminate();
-        });
-      });
-      ws.on("error", (err) => settle(unreachable(this.baseUrl, err) ?? err));
-      ws.once("close", (code, reason) => settle(new HopError("WS_CLOSED", `the WebSocket closed before it opened (${code} ${reason.toString()})`)));
-    });
-    opened.catch(() => undefined); // observed through waitOpen(); never an unhandled rejection
-    openPromises.set(ws, opened);
-    return ws;
+    return apiSocket(this.endpoint, path);
   }
 
   private call<T>(method: string, path: string, body?: unknown, timeoutMs?: number): Promise<T> {
-    const url = new URL(this.baseUrl + path);
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8");
-    const headers: http.OutgoingHttpHeaders = { authorization: `Bearer ${this.token}`, accept: "application/json" };
-    if (payload !== undefined) {
-      headers["content-type"] = "application/json";
-      headers["content-length"] = payload.length;
-    }
-    const mod = url.protocol === "https:" ? https : http;
-    return new Promise<T>((resolve, reject) => {
-      const req = mod.request(url, { method, headers }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("error", (err) => reject(unreachable(this.baseUrl, err) ?? err));
-        res.on("end", () => {
-          const status = res.statusCode ?? 0;
-          const text = Buffer.concat(chunks).toString("utf8");
-          if (status < 200 || status >= 300) {
-            reject(apiErrorFrom(status, res.statusMessage ?? "", text));
-            return;
-          }
-          if (status === 204 || text === "") {
-            resolve(undefined as T);
-            return;
-          }
-          try {
-            resolve(JSON.parse(text) as T);
-          } catch (err) {
-            reject(new HopError("BAD_RESPONSE", `host agent sent invalid JSON for ${method} ${path}: ${errorMessage(err)}`, { status: 502 }));
-          }
-        });
-      });
-      req.on("error", (err) => reject(unreachable(this.baseUrl, err) ?? new HopError("HOST_REQUEST_FAILED", `${method} ${url.href} failed: ${err.message}`, { cause: err })));
-      if (timeoutMs !== undefined) {
-        req.setTimeout(timeoutMs, () => req.destroy(new HopError("HOST_TIMEOUT", `${method} ${url.href} got no answer within ${timeoutMs} ms`, { status: 504 })));
-      }
-      req.end(payload);
-    });
+    return apiCall<T>(this.endpoint, method, path, body, timeoutMs);
   }
+}
+
+/**
+ * Opens an authenticated WebSocket on `path` of the endpoint (http -> ws). Await `waitOpen(ws)`:
+ * a refused upgrade becomes the server's ApiError, a network failure <PREFIX>_UNREACHABLE.
+ */
+export function apiSocket(ep: ApiEndpoint, path: string): WebSocket {
+  const url = ep.baseUrl.replace(/^http/, "ws") + path;
+  const ws = new WebSocket(url, { headers: { authorization: `Bearer ${ep.token}` } });
+  const opened = new Promise<void>((resolve, reject) => {
+    let settled = false;
+    const settle = (err?: unknown): void => {
+      if (settled) return;
+      settled = true;
+      if (err === undefined) resolve();
+      else reject(err instanceof Error ? err : new Error(errorMessage(err)));
+    };
+    ws.once("open", () => settle());
+    // A refused upgrade (401, 404...): report the server's JSON error, then drop the handshake.
+    ws.on("unexpected-response", (_req, res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("error", () => undefined);
+      res.on("end", () => {
+        settle(apiErrorFrom(res.statusCode ?? 0, res.statusMessage ?? "", Buffer.concat(chunks).toString("utf8"), ep.label));
+        ws.terminate();
+      });
+    });
+    ws.on("error", (err) => settle(unreachable(ep, err) ?? err));
+    ws.once("close", (code, reason) => settle(new HopError("WS_CLOSED", `the WebSocket closed before it opened (${code} ${reason.toString()})`)));
+  });
+  opened.catch(() => undefined); // observed through waitOpen(); never an unhandled rejection
+  openPromises.set(ws, opened);
+  return ws;
+}
+
+/**
+ * One JSON request to the endpoint with its bearer token. Resolves with the parsed body
+ * (undefined for 204 / empty); rejects with ApiError for a non-2xx answer (the server's
+ * `{error:{code,message}}` when it sent one) or <PREFIX>_UNREACHABLE / _TIMEOUT / _REQUEST_FAILED.
+ */
+export function apiCall<T>(ep: ApiEndpoint, method: string, path: string, body?: unknown, timeoutMs?: number): Promise<T> {
+  const url = new URL(ep.baseUrl + path);
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8");
+  const headers: http.OutgoingHttpHeaders = { authorization: `Bearer ${ep.token}`, accept: "application/json" };
+  if (payload !== undefined) {
+    headers["content-type"] = "application/json";
+    headers["content-length"] = payload.length;
+  }
+  const mod = url.protocol === "https:" ? https : http;
+  return new Promise<T>((resolve, reject) => {
+    const req = mod.request(url, { method, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("error", (err) => reject(unreachable(ep, err) ?? err));
+      res.on("end", () => {
+        const status = res.statusCode ?? 0;
+        const text = Buffer.concat(chunks).toString("utf8");
+        if (status < 200 || status >= 300) {
+          reject(apiErrorFrom(status, res.statusMessage ?? "", text, ep.label));
+          return;
+        }
+        if (status === 204 || text === "") {
+          resolve(undefined as T);
+          return;
+        }
+        try {
+          resolve(JSON.parse(text) as T);
+        } catch (err) {
+          reject(new HopError("BAD_RESPONSE", `${ep.label} sent invalid JSON for ${method} ${path}: ${errorMessage(err)}`, { status: 502 }));
+        }
+      });
+    });
+    req.on("error", (err) => reject(unreachable(ep, err) ?? new HopError(`${ep.codePrefix}_REQUEST_FAILED`, `${method} ${url.href} failed: ${err.message}`, { cause: err })));
+    if (timeoutMs !== undefined) {
+      req.setTimeout(timeoutMs, () => req.destroy(new HopError(`${ep.codePrefix}_TIMEOUT`, `${method} ${url.href} got no answer within ${timeoutMs} ms`, { status: 504 })));
+    }
+    req.end(payload);
+  });
 }
 
 function enc(name: string): string {

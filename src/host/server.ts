@@ -44,12 +44,10 @@ async function closeWebSockets(this: FastifyInstance): Promise<void> {
   await new Promise<void>((resolve) => wss.close(() => resolve()));
 }
 
-/** A ready (not yet listening) fastify instance serving the host agent API for `supervisor`. */
-export async function createHostServer(opts: HostServerOptions): Promise<FastifyInstance> {
-  // Typed as fastify's base logger so the instance is a plain FastifyInstance.
-  const log: FastifyBaseLogger = opts.log ?? createLogger("api", { host: opts.supervisor.hostName });
+/** A fastify instance with our API conventions: bearer token, JSON errors, WebSockets, clean close. */
+export async function createApiApp(opts: { token: string; log: FastifyBaseLogger; role: string; register: (app: FastifyInstance) => void }): Promise<FastifyInstance> {
   const app = Fastify({
-    loggerInstance: log,
+    loggerInstance: opts.log,
     // fastify's own per-request info lines are off; the onResponse hook below logs at debug.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT,
@@ -62,15 +60,22 @@ export async function createHostServer(opts: HostServerOptions): Promise<Fastify
     closing = true;
   });
   app.addHook("onRequest", async () => {
-    if (closing) throw new HopError("HOST_SHUTTING_DOWN", "the host agent is shutting down", { status: 503 });
+    if (closing) throw new HopError("HOST_SHUTTING_DOWN", `the ${opts.role} is shutting down`, { status: 503 });
   });
   app.addHook("onRequest", authHook(opts.token));
   app.addHook("onResponse", async (req, reply) => {
     req.log.debug({ method: req.method, url: redactUrl(req.url), status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, "request");
   });
-  registerApi(app, opts.supervisor, opts.migrations, opts.networks);
+  opts.register(app);
   await app.ready();
   return app;
+}
+
+/** A ready (not yet listening) fastify instance serving the host agent API for `supervisor`. */
+export async function createHostServer(opts: HostServerOptions): Promise<FastifyInstance> {
+  // Typed as fastify's base logger so the instance is a plain FastifyInstance.
+  const log: FastifyBaseLogger = opts.log ?? createLogger("api", { host: opts.supervisor.hostName });
+  return createApiApp({ token: opts.token, log, role: "host agent", register: (app) => registerApi(app, opts.supervisor, opts.migrations, opts.networks) });
 }
 
 /** Parses "HOST:PORT", ":PORT" (all interfaces) or "[V6]:PORT". */
@@ -101,14 +106,18 @@ export interface HostServerHandle {
 
 /** Creates the API server and listens on `listen`. */
 export async function serveHost(opts: HostServerOptions & { listen: string }): Promise<HostServerHandle> {
-  const { host, port } = parseListen(opts.listen);
-  const app = await createHostServer(opts);
+  return listenApp(await createHostServer(opts), opts.listen);
+}
+
+/** Listens on `listen` ("HOST:PORT"); close() gives in-flight requests a grace period, then cuts them. */
+export async function listenApp(app: FastifyInstance, listen: string): Promise<HostServerHandle> {
+  const { host, port } = parseListen(listen);
   try {
     await app.listen({ host, port });
   } catch (err) {
     await app.close();
     const code = (err as NodeJS.ErrnoException).code;
-    throw new HopError("LISTEN_FAILED", `cannot listen on ${opts.listen}: ${code ?? (err as Error).message}`, { cause: err });
+    throw new HopError("LISTEN_FAILED", `cannot listen on ${listen}: ${code ?? (err as Error).message}`, { cause: err });
   }
   const addr = app.server.address();
   const url = addr !== null && typeof addr === "object" ? urlFor(addr) : `http://${host}:${port}`;

@@ -8,13 +8,15 @@ import { parseInput } from "../common/validation.js";
 import { defaultCacheDir } from "../common/paths.js";
 import { DEFAULT_VGA_KIB } from "../engine/constants.js";
 import { ensureImage, kernelCmdline, type GuestImage } from "../image/index.js";
-import { rm } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
+import { withFileLock } from "../common/lock.js";
+import { adoptRequestSchema, type AdoptRequest } from "../cluster/protocol.js";
 import { createDataDisk, Datastore } from "../storage/index.js";
 import { PAGE_SIZE, type MigrationReport } from "../migration/index.js";
 import type { MigrateOutResult } from "../vm/ipc.js";
 import { adoptedConfig, incomingRequestSchema, migrateRequestSchema, MigrationListener, type IncomingOutcome, type IncomingRequest, type IncomingTicket, type MigratePeerResolver, type MigrateRequest } from "./migration.js";
 import { ApiError } from "./client.js";
-import { randomMac, vmCreateSchema, type VmConfig, type VmCreateRequest } from "../vm/config.js";
+import { randomMac, vmCreateSchema, vmNameSchema, type VmConfig, type VmCreateRequest } from "../vm/config.js";
 import { nextState, type VmAction, type VmState } from "../vm/lifecycle.js";
 import type { VmStats } from "../vm/ipc.js";
 import { ConsoleBuffer } from "./console.js";
@@ -107,6 +109,12 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   private migrationAddr: { host: string; port: number } | undefined;
   private readonly incoming = new Map<string, IncomingEntry>();
   private readonly outgoing = new Map<string, { name: string; proc: VmProcessHandle }>();
+  /** Names being adopted right now (reserved before the datastore is read). */
+  private readonly adopting = new Set<string>();
+  /** VM processes fenceAll() has killed (or is killing). */
+  private readonly fencedProcs = new WeakSet<VmProcessHandle>();
+  /** Asked before every start and incoming migration; throws to refuse (the manager link: no lease, no start). */
+  private startGuard: (() => void) | undefined;
 
   constructor(opts: LocalSupervisorOptions) {
     this.hostName = opts.hostName;
@@ -196,7 +204,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
 
   async create(req: VmCreateRequest): Promise<VmInfo> {
     const r = parseInput(vmCreateSchema, req, "body");
-    if (this.vms.has(r.name)) throw new HopError("VM_EXISTS", `a VM named '${r.name}' already exists on this host`, { status: 409 });
+    if (this.vms.has(r.name) || this.adopting.has(r.name)) throw new HopError("VM_EXISTS", `a VM named '${r.name}' already exists on this host`, { status: 409 });
     const config: VmConfig = {
       name: r.name,
       uuid: randomUUID(),
@@ -240,9 +248,18 @@ export class LocalSupervisor implements Supervisor, NetworkService {
 
   async start(name: string): Promise<VmInfo> {
     const rec = this.record(name);
+    this.startGuard?.();
     this.transition(rec, "start");
     const t0 = performance.now();
+    // Right before the VM process is created: the VM is still ours and the host may still run VMs.
+    const checkpoint = (): void => {
+      if (rec.gone === true) throw new HopError("VM_OWNERSHIP_CHANGED", `VM '${name}' was released by this host while it started`, { status: 409 });
+      this.startGuard?.();
+    };
     try {
+      // The shared datastore may say another host (or a newer generation) owns the VM now: an
+      // HA restart elsewhere while this host was away. Then it must never run here again.
+      await this.guardOwnership(rec);
       const image = await this.getImage();
       const { config } = rec;
       const disk = config.disk !== undefined ? this.datastore.resolvePath(config.disk.path) : undefined;
@@ -260,9 +277,11 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       let proc: VmProcessHandle;
       const suspendedState = await this.datastore.exists(this.suspendPath(name)) ? this.datastore.resolvePath(this.suspendPath(name)) : undefined;
       if (suspendedState !== undefined) {
+        checkpoint();
         proc = new VmProcessHandle({ ...base, start: { mode: "resume", statePath: suspendedState } }, this.takeSpare());
       } else if (config.boot === "template") {
         const statePath = await this.templates.ensure(image, defaultProfile(config.memoryMiB, config.disk?.sizeMiB));
+        checkpoint();
         proc = new VmProcessHandle({
           ...base,
           start: {
@@ -285,6 +304,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
           ...(config.ip !== undefined ? { ip: config.ip } : {}),
           ...(config.gw !== undefined ? { gw: config.gw } : {}),
         });
+        checkpoint();
         proc = new VmProcessHandle({ ...base, start: { mode: "boot", cmdline } });
       }
       this.attach(rec, proc);
@@ -305,6 +325,14 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       this.log.info({ vm: name, startMs: rec.startMs, phases: ready.phases, from: config.boot }, "VM running");
       return this.info(rec);
     } catch (err) {
+      // Forgotten meanwhile (owned elsewhere, released): stop what was started, report nothing.
+      if (rec.gone === true) {
+        if (rec.proc !== undefined && !rec.proc.exited) {
+          rec.proc.kill();
+          await rec.proc.waitExit(5_000);
+        }
+        throw err;
+      }
       rec.lastError = (err as Error).message;
       if (rec.proc !== undefined) {
         rec.expectingExit = true;
@@ -435,6 +463,194 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     await this.net.close();
   }
 
+  // --- cluster: HA adopt, release, self-fencing, ownership ---
+
+  /**
+   * A check run before every start (adopt's too) and incoming migration; it throws to refuse.
+   * The manager link installs one that refuses while this host holds no lease. undefined: none.
+   */
+  setStartGuard(guard: (() => void) | undefined): void {
+    this.startGuard = guard;
+  }
+
+  /** Publishes a host event to the event stream (the manager link's lease transitions). */
+  publish(ev: HostEvent): void {
+    this.emit(ev);
+  }
+
+  /** The VM's config as the (shared) datastore has it now; undefined when there is none. */
+  private async datastoreConfig(name: string): Promise<VmConfig | undefined> {
+    const file = join(this.datastore.vmDir(name), "config.json");
+    let text: string;
+    try {
+      text = await readFile(file, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw new HopError("DATASTORE_READ_FAILED", `cannot read ${file}: ${(err as Error).message}`, { status: 500, cause: err });
+    }
+    try {
+      return JSON.parse(text) as VmConfig;
+    } catch (err) {
+      throw new HopError("VM_CONFIG_CORRUPT", `${file} is not valid JSON: ${(err as Error).message}`, { status: 500, cause: err });
+    }
+  }
+
+  /**
+   * Throws VM_OWNERSHIP_CHANGED (409) and forgets the VM here (its files untouched) when the
+   * datastore names another host, or a newer generation than this host's record.
+   */
+  private async guardOwnership(rec: VmRecord): Promise<void> {
+    const name = rec.config.name;
+    const current = await this.datastoreConfig(name);
+    if (current === undefined) return;
+    const mine = rec.config.generation ?? 0;
+    const theirs = current.generation ?? 0;
+    const elsewhere = current.host !== undefined && current.host !== this.hostName;
+    if (!elsewhere && theirs <= mine) return;
+    const owner = `host ${current.host ?? "(none)"} at generation ${theirs}`;
+    this.log.warn({ vm: name, owner: current.host, generation: theirs, ours: mine }, "VM is owned elsewhere now: forgetting it");
+    this.forget(rec, `owned by ${owner}`);
+    throw new HopError("VM_OWNERSHIP_CHANGED", `VM '${name}' belongs to ${owner} now (this host had generation ${mine}); this host forgot it and did not start it`, { status: 409 });
+  }
+
+  /** Drops the VM's record (no file is touched) and reports it released. */
+  private forget(rec: VmRecord, reason: string): void {
+    rec.gone = true;
+    const name = rec.config.name;
+    if (this.vms.get(name) === rec) this.vms.delete(name);
+    this.emit({ type: "vm.released", vm: name, at: new Date().toISOString(), reason });
+  }
+
+  /**
+   * HA restart: takes over VM `name` of a failed host from the shared datastore. The config must
+   * still name `fromHost` at `generation` (else VM_OWNERSHIP_CHANGED, nothing changed); it is
+   * rewritten (atomically, under a lock file) to name this host at generation + 1. A leftover
+   * suspended state is deleted (the memory is lost in an HA restart; resuming it later would fork
+   * the guest's history). Then the VM starts from its template with its own identity and disk,
+   * unless `start: false`.
+   */
+  async adopt(name: string, body: AdoptRequest): Promise<VmInfo> {
+    const vm = parseInput(vmNameSchema, name, "name");
+    const r = parseInput(adoptRequestSchema, body, "body");
+    if (this.closing) throw new HopError("HOST_CLOSING", `host ${this.hostName} is shutting down`, { status: 503 });
+    if (this.vms.has(vm) || this.adopting.has(vm)) throw new HopError("VM_EXISTS", `a VM named '${vm}' already exists on host ${this.hostName}`, { status: 409 });
+    if (r.start) this.startGuard?.();
+    const notFound = (): HopError => new HopError("VM_NOT_FOUND", `no VM named '${vm}' on the datastore ${this.datastore.root}`, { status: 404 });
+    this.adopting.add(vm);
+    let rec: VmRecord;
+    try {
+      if ((await this.datastoreConfig(vm)) === undefined) throw notFound();
+      // The lock serializes adopts of this VM by every host sharing the datastore (compare and swap).
+      const config = await withFileLock(
+        join(this.datastore.vmDir(vm), ".adopt.lock"),
+        async () => {
+          const current = await this.datastoreConfig(vm);
+          if (current === undefined) throw notFound();
+          const generation = current.generation ?? 0;
+          if (current.host !== r.fromHost || generation !== r.generation) {
+            throw new HopError(
+              "VM_OWNERSHIP_CHANGED",
+              `VM '${vm}' is owned by host ${current.host ?? "(none)"} at generation ${generation}, not by ${r.fromHost} at generation ${r.generation}: not adopted`,
+              { status: 409 },
+            );
+          }
+          await rm(this.datastore.resolvePath(this.suspendPath(vm)), { force: true });
+          const next: VmConfig = { ...current, host: this.hostName, generation: generation + 1 };
+          await this.datastore.saveVmConfig(vm, next);
+          return next;
+        },
+        { timeoutMs: 10_000, staleMs: 30_000 },
+      ).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") throw notFound();
+        throw err;
+      });
+      rec = { config, state: "stopped", proc: undefined, console: new ConsoleBuffer(), expectingExit: false };
+      this.vms.set(vm, rec);
+    } finally {
+      this.adopting.delete(vm);
+    }
+    const generation = rec.config.generation ?? 0;
+    this.emit({ type: "vm.adopted", vm, at: new Date().toISOString(), from: r.fromHost, generation });
+    this.log.warn({ vm, from: r.fromHost, generation }, "VM adopted from a failed host");
+    if (!r.start) return this.info(rec);
+    try {
+      return await this.start(vm);
+    } catch (err) {
+      const e = err as HopError;
+      throw new HopError("VM_ADOPT_START_FAILED", `VM '${vm}' was adopted (host ${this.hostName}, generation ${generation}) but did not start: ${e.message}`, { status: e.status ?? 500, cause: err });
+    }
+  }
+
+  /**
+   * Forgets the listed VMs this host has (their files are untouched): another host owns them
+   * now. A VM whose process runs here is powered off hard first (this should not happen while
+   * the lease works: it is logged as an error). Names this host does not have are ignored.
+   * Resolves with the names released.
+   */
+  async releaseVms(names: readonly string[], reason: string): Promise<string[]> {
+    const released: string[] = [];
+    await Promise.all(
+      [...new Set(names)].map(async (name) => {
+        const rec = this.vms.get(name);
+        if (rec === undefined) return;
+        const proc = rec.proc;
+        rec.gone = true;
+        for (const e of this.incoming.values()) if (e.name === name && e.outcome === "pending") e.outcome = "aborted";
+        if (proc !== undefined && !proc.exited) {
+          this.log.error({ vm: name, state: rec.state, reason }, "releasing a VM whose process runs on this host: killing it (it must not run on two hosts)");
+          rec.expectingExit = true;
+          proc.kill();
+        }
+        this.forget(rec, reason);
+        if (proc !== undefined && !proc.exited) await proc.waitExit(5_000);
+        released.push(name);
+        this.log.warn({ vm: name, reason }, "VM released");
+      }),
+    );
+    return released;
+  }
+
+  /**
+   * Self-fencing: kills every VM process of this host at once (running, paused, starting,
+   * migrating in or out...), after cancelling the migrations, and leaves each VM stopped with
+   * lastError `fenced: <reason>`. Fast (SIGKILL, no guest shutdown) and safe to call again.
+   * Resolves with the names fenced.
+   */
+  async fenceAll(reason: string): Promise<string[]> {
+    const why = `fenced: ${reason}`;
+    // Migrations first: a migration into this host never completes (the source keeps its copy);
+    // one out of it is cancelled (its stream dies with the process anyway).
+    for (const e of this.incoming.values()) if (e.outcome === "pending") e.outcome = "aborted";
+    for (const [migrationId, o] of this.outgoing) {
+      if (!o.proc.exited && !this.fencedProcs.has(o.proc)) o.proc.request({ op: "migrateCancel", migrationId, reason: why }, 1_000).catch(() => undefined);
+    }
+    const victims: { rec: VmRecord; proc: VmProcessHandle }[] = [];
+    for (const rec of this.vms.values()) {
+      const proc = rec.proc;
+      if (proc === undefined || proc.exited || this.fencedProcs.has(proc)) continue;
+      this.fencedProcs.add(proc);
+      rec.expectingExit = true;
+      rec.lastError = why;
+      // The exit handler reports the stop with this reason.
+      proc.stopReason = why;
+      proc.kill();
+      victims.push({ rec, proc });
+    }
+    if (victims.length > 0) this.log.error({ vms: victims.map((v) => v.rec.config.name), reason }, "fencing: killed every VM process of this host");
+    await Promise.all(
+      victims.map(async ({ rec, proc }) => {
+        if (!(await proc.waitExit(5_000))) this.log.error({ vm: rec.config.name, pid: proc.pid }, "fencing: the VM process did not exit after SIGKILL");
+        else if (this.vms.get(rec.config.name) === rec && rec.gone !== true) {
+          if (rec.proc === proc) rec.proc = undefined;
+          this.setState(rec, "stopped", why);
+          rec.lastError = why;
+        }
+        this.emit({ type: "vm.fenced", vm: rec.config.name, at: new Date().toISOString(), reason });
+      }),
+    );
+    return victims.map((v) => v.rec.config.name);
+  }
+
   // --- networks ---
 
   listNetworks(): Promise<NetworksResponse> {
@@ -533,6 +749,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     const r = parseInput(incomingRequestSchema, body, "body");
     if (this.token === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} accepts no migrations (it has no cluster token)`, { status: 409 });
     if (this.closing) throw new HopError("HOST_CLOSING", `host ${this.hostName} is shutting down`, { status: 503 });
+    this.startGuard?.();
     const needsShared = r.mode !== "live" || r.config.disk !== undefined;
     if (needsShared && r.datastoreId !== this.datastore.id) {
       throw new HopError("DATASTORE_NOT_SHARED", `VM '${r.config.name}' keeps ${r.mode === "quick" ? "its saved state" : "its files"} on datastore ${r.datastoreId}, which host ${this.hostName} does not share (its datastore is ${this.datastore.id})`, { status: 409 });

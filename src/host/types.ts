@@ -2,6 +2,7 @@ import type { VmConfig, VmCreateRequest } from "../vm/config.js";
 import type { VmState } from "../vm/lifecycle.js";
 import type { MigrationProgress, MigrationReport } from "../migration/index.js";
 import type { IncomingOutcome, IncomingRequest, IncomingTicket, MigrateRequest } from "./migration.js";
+import type { AdoptRequest } from "../cluster/protocol.js";
 
 /** What the host agent reports about one VM. */
 export interface VmInfo {
@@ -35,7 +36,15 @@ export type HostEvent =
   | { type: "vm.migrated"; vm: string; at: string; to: string; migrationId: string }
   | { type: "migration.progress"; vm: string; at: string; progress: MigrationProgress }
   | { type: "migration.done"; vm: string; at: string; report: MigrationReport }
-  | { type: "migration.failed"; vm: string; at: string; migrationId: string; code: string; message: string };
+  | { type: "migration.failed"; vm: string; at: string; migrationId: string; code: string; message: string }
+  /** HA restart: this host took the VM over from `from` on the shared datastore; `generation` is the VM's new generation. */
+  | { type: "vm.adopted"; vm: string; at: string; from: string; generation: number }
+  /** This host forgot the VM (its files are untouched): another host or a newer generation owns it. */
+  | { type: "vm.released"; vm: string; at: string; reason: string }
+  /** The VM's process was killed because this host lost its lease (self-fencing); the VM is stopped. */
+  | { type: "vm.fenced"; vm: string; at: string; reason: string }
+  /** The host's lease from the cluster manager was lost, or renewed after a loss (about no VM: `vm` is absent, so `ev.vm` stays readable on every event). */
+  | { type: "host.lease"; vm?: undefined; at: string; state: "renewed-after-loss" | "lost" };
 
 /** Console output of one VM: live bytes plus a bounded scrollback. */
 export interface ConsoleStream {
@@ -81,4 +90,6 @@ export interface MigrationService {
   commitIncoming(migrationId: string, body: { statePath?: unknown }): Promise<IncomingTicket>;
   abortIncoming(migrationId: string): Promise<void>;
   fenceIncoming(migrationId: string): Promise<IncomingOutcome>;
+  /** HA restart: take over a VM of a failed host from the shared datastore (body: AdoptRequest, validated by the service). */
+  adopt?(name: string, body: AdoptRequest): Promise<VmInfo>;
 }

@@ -1,0 +1,161 @@
+/** `hop manager serve`: run the cluster manager (inventory, tasks, HA, DRS; HTTP/WS API) in the foreground. */
+import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
+import { InvalidArgumentError, Option, type Command } from "commander";
+import { HopError } from "../common/errors.js";
+import { createLogger } from "../common/log.js";
+import { generateToken } from "../host/auth.js";
+import { intOption, writeFileAtomic } from "./common.js";
+
+/** Hosts and users present the cluster token; shorter ones are refused. */
+export const MIN_TOKEN_LENGTH = 16;
+
+export interface ManagerServeCliOptions {
+  listen: string;
+  db: string;
+  token?: string;
+  tokenFile?: string;
+  heartbeatMs?: number;
+  leaseMs?: number;
+  graceMs?: number;
+  drs?: "off" | "manual" | "auto";
+  drsIntervalMs?: number;
+  drsThreshold?: number;
+  maxMigrationsPerHost: number;
+  maxMigrationsPerCluster: number;
+  urlFile?: string;
+  json?: boolean;
+}
+
+function checkToken(token: string, where: string): string {
+  if (token === "") throw new HopError("TOKEN_EMPTY", `${where} is empty`);
+  if (token.length < MIN_TOKEN_LENGTH) throw new HopError("TOKEN_TOO_SHORT", `${where} must be at least ${MIN_TOKEN_LENGTH} characters`);
+  return token;
+}
+
+/** The cluster token: --token, --token-file, or <dir of the db>/cluster-token (generated when absent). */
+export async function clusterToken(opts: Pick<ManagerServeCliOptions, "token" | "tokenFile" | "db">): Promise<{ token: string; note?: string }> {
+  if (opts.token !== undefined) return { token: checkToken(opts.token.trim(), "--token") };
+  if (opts.tokenFile !== undefined) {
+    let text: string;
+    try {
+      text = await readFile(opts.tokenFile, "utf8");
+    } catch (err) {
+      throw new HopError("TOKEN_UNREADABLE", `cannot read the token file ${opts.tokenFile}: ${(err as Error).message}`, { cause: err });
+    }
+    return { token: checkToken(text.trim(), `the token file ${opts.tokenFile}`) };
+  }
+  const file = join(dirname(resolve(opts.db)), "cluster-token");
+  const existing = await readFile(file, "utf8").then(
+    (t) => t.trim(),
+    () => "",
+  );
+  if (existing !== "") return { token: checkToken(existing, `the token file ${file}`), note: `using the cluster token in ${file}` };
+  const token = generateToken();
+  await writeFile(file, `${token}\n`, { mode: 0o600 });
+  await chmod(file, 0o600);
+  return { token, note: `generated a cluster token and wrote it to ${file}` };
+}
+
+/** A commander argument parser for a number in (0, 1]. */
+export function parseFraction(value: string): number {
+  const n = Number(value);
+  if (!/^(0?\.\d+|1(\.0*)?)$/.test(value.trim()) || n <= 0 || n > 1) throw new InvalidArgumentError("must be a number in (0, 1], e.g. 0.2");
+  return n;
+}
+
+export function register(program: Command): void {
+  const manager = program.command("manager").description("run the cluster manager");
+
+  manager
+    .command("serve")
+    .description("run the cluster manager in the foreground (SIGINT/SIGTERM stop it); host agents join it with `hop host serve --manager URL`")
+    .requiredOption("--db <file>", "SQLite file holding the inventory (created if absent)")
+    .option("--listen <addr>", "address to listen on: HOST:PORT or :PORT (port 0: any free port)", "127.0.0.1:7400")
+    .addOption(new Option("--token <token>", `cluster token for hosts and users, at least ${MIN_TOKEN_LENGTH} characters (default: <dir of --db>/cluster-token, generated if absent)`).conflicts("tokenFile"))
+    .option("--token-file <file>", "read the cluster token from this file")
+    .option("--heartbeat-ms <ms>", "how often hosts heartbeat (default 1000)", intOption(50, 600_000))
+    .option("--lease-ms <ms>", "how long a host's lease lasts; a host that cannot renew it powers its VMs off (default 5000)", intOption(100, 3_600_000))
+    .option("--grace-ms <ms>", "after this long without heartbeats a host is down and HA restarts its VMs elsewhere (default 8000; > lease + heartbeat)", intOption(100, 3_600_000))
+    .addOption(new Option("--drs <mode>", "load balancing: off, manual (recommend only) or auto (migrate) (default: the manager's)").choices(["off", "manual", "auto"]))
+    .option("--drs-interval-ms <ms>", "how often DRS looks at the load (auto)", intOption(1000, 86_400_000))
+    .option("--drs-threshold <spread>", "load-score spread (0..1) DRS tolerates (default 0.2)", parseFraction)
+    .option("--max-migrations-per-host <n>", "concurrent migrations into or out of one host", intOption(1, 64), 4)
+    .option("--max-migrations-per-cluster <n>", "concurrent migrations in the cluster", intOption(1, 1024), 8)
+    .option("--url-file <file>", "write the manager's URL to this file once it listens (for a parent that started it on port 0)")
+    .option("--json", "print {url, managerId} as one JSON line once listening")
+    .action(async (opts: ManagerServeCliOptions) => {
+      if (opts.drs === undefined && (opts.drsIntervalMs !== undefined || opts.drsThreshold !== undefined)) {
+        throw new HopError("USAGE", "--drs-interval-ms and --drs-threshold need --drs off|manual|auto", { status: 400 });
+      }
+      const db = resolve(opts.db);
+      await mkdir(dirname(db), { recursive: true });
+      const { token, note } = await clusterToken({ ...opts, db });
+      if (note !== undefined) process.stderr.write(`${note}\n`);
+      const log = createLogger("manager");
+      // Loaded here so that the other commands do not pull in the store and its SQLite driver.
+      const { serveManager } = await import("../cluster/index.js");
+      const handle = await serveManager({
+        listen: opts.listen,
+        db,
+        token,
+        ...(opts.heartbeatMs !== undefined ? { heartbeatMs: opts.heartbeatMs } : {}),
+        ...(opts.leaseMs !== undefined ? { leaseMs: opts.leaseMs } : {}),
+        ...(opts.graceMs !== undefined ? { graceMs: opts.graceMs } : {}),
+        ...(opts.drs !== undefined
+          ? {
+              drs: {
+                mode: opts.drs,
+                ...(opts.drsIntervalMs !== undefined ? { intervalMs: opts.drsIntervalMs } : {}),
+                ...(opts.drsThreshold !== undefined ? { threshold: opts.drsThreshold } : {}),
+              },
+            }
+          : {}),
+        maxMigrationsPerHost: opts.maxMigrationsPerHost,
+        maxMigrationsPerCluster: opts.maxMigrationsPerCluster,
+        log,
+      });
+      const urlFile = opts.urlFile !== undefined ? resolve(opts.urlFile) : undefined;
+      try {
+        if (urlFile !== undefined) await writeFileAtomic(urlFile, `${handle.url}\n`);
+      } catch (err) {
+        await handle.close().catch(() => undefined);
+        throw new HopError("URL_FILE_UNWRITABLE", `cannot write --url-file ${urlFile}: ${(err as Error).message}`, { cause: err });
+      }
+      process.stdout.write(opts.json === true ? `${JSON.stringify({ url: handle.url, managerId: handle.managerId })}\n` : `manager ${handle.managerId} listening on ${handle.url}\n`);
+
+      await new Promise<void>((done) => {
+        let stopping = false;
+        const onSignal = (signal: NodeJS.Signals): void => {
+          if (stopping) {
+            log.warn({ signal }, "second signal: exiting without a clean shutdown");
+            process.exit(130);
+          }
+          stopping = true;
+          log.info({ signal }, "stopping the manager");
+          const stop = async (): Promise<void> => {
+            // Forget the URL only if it is still ours (another manager may have taken the file over).
+            if (urlFile !== undefined) {
+              const current = await readFile(urlFile, "utf8").catch(() => "");
+              if (current.trim() === handle.url) await rm(urlFile, { force: true });
+            }
+            await handle.close();
+          };
+          stop().then(
+            () => {
+              log.info("manager stopped");
+              done();
+            },
+            (err: unknown) => {
+              log.error({ err }, "manager shutdown failed");
+              process.exitCode = 1;
+              done();
+            },
+          );
+        };
+        process.on("SIGINT", onSignal);
+        process.on("SIGTERM", onSignal);
+      });
+      process.exit(process.exitCode ?? 0);
+    });
+}
