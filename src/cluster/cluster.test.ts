@@ -306,4 +306,27 @@ void describe("cluster manager with 3 hosts and real guests", { timeout: 20 * 60
     assert.equal(page.length, 5);
     assert.ok(page[0]!.id < page[4]!.id, "oldest first after an id");
   });
+
+  void test("balancing: a dry run recommends moves off a loaded host; applying them lowers the imbalance", async () => {
+    const running = (await cluster.client.list()).filter((v) => v.state === "running");
+    for (const v of running) if (v.host !== "h1") await cluster.client.migrate(v.name, { to: "h1" });
+    const recs = await cluster.client.drsRecommendations();
+    assert.ok(recs.imbalance > recs.threshold, `imbalance ${recs.imbalance}`);
+    assert.ok(recs.moves.length > 0);
+    for (const mv of recs.moves) {
+      assert.equal(mv.from, "h1");
+      assert.ok(mv.imbalanceAfter < mv.imbalanceBefore);
+    }
+    assert.equal((await cluster.client.list()).filter((v) => v.host !== "h1" && v.state === "running").length, 0, "a dry run moves nothing");
+    const task = await cluster.client.drsApply();
+    const done = await waitFor(async () => {
+      const t = await cluster.client.task(task.id);
+      return t.state === "succeeded" || t.state === "failed" ? t : undefined;
+    }, 60_000, "the balancing task");
+    assert.equal(done.state, "succeeded", JSON.stringify(done.error));
+    assert.equal((await cluster.client.tasks({ parentId: task.id })).length, recs.moves.length);
+    const afterRecs = await cluster.client.drsRecommendations();
+    assert.ok(afterRecs.imbalance < recs.imbalance, `imbalance ${recs.imbalance} -> ${afterRecs.imbalance}`);
+    for (const mv of recs.moves) assert.deepEqual(await runningOn(mv.vm), [mv.to]);
+  });
 });

@@ -8,6 +8,7 @@ import { randomUUID } from "node:crypto";
 import { HopError, errorMessage } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { parseInput } from "../common/validation.js";
+import { monotonicMs } from "../common/time.js";
 import type { HostClient } from "../host/client.js";
 import type { ExecResult, HostEvent, VmInfo } from "../host/types.js";
 import type { MigrationReport } from "../migration/index.js";
@@ -78,6 +79,11 @@ export class Manager {
   private readonly inflight = new Map<string, number>();
   private eventsSincePrune = 0;
   private readonly startedAt = Date.now();
+  /**
+   * When a VM's state was last written from a fresher source than a heartbeat (the host's event
+   * stream, an operation's answer): a heartbeat assembled before that must not undo it.
+   */
+  private readonly stateSetAt = new Map<string, number>();
   /** Serialises inventory updates per VM (heartbeats and tasks both write VM rows). */
   private vmWrites = new Map<string, Promise<unknown>>();
 
@@ -261,7 +267,8 @@ export class Manager {
         if (row.uuid !== r.uuid) return "release" as const;
         if (row.host === host) {
           if (r.generation < row.generation && r.state !== "migrating") return "release" as const;
-          const patch: Partial<VmRow> = { state: r.state as VmState, updatedAt: isoNow() };
+          const fresh = monotonicMs() - (this.stateSetAt.get(r.name) ?? -Infinity) < this.opts.heartbeatMs * 2;
+          const patch: Partial<VmRow> = { updatedAt: isoNow(), ...(fresh ? {} : { state: r.state as VmState }) };
           if (r.cpuPct !== undefined) patch.cpuPct = r.cpuPct;
           if (r.rssMiB !== undefined) patch.rssMiB = r.rssMiB;
           if (r.generation > row.generation) {
@@ -269,7 +276,7 @@ export class Manager {
             patch.config = config;
           }
           await this.store.updateVm(r.name, patch);
-          return row.state !== r.state ? ("changed" as const) : ("same" as const);
+          return !fresh && row.state !== r.state ? ("changed" as const) : ("same" as const);
         }
         // The inventory names another owner.
         if (r.generation > row.generation) {
@@ -300,7 +307,9 @@ export class Manager {
       case "vm.state":
         void this.withVm(ev.vm, async () => {
           const row = await this.store.getVm(ev.vm);
-          if (row?.host === host && row.state !== ev.state) await this.store.updateVm(ev.vm, { state: ev.state, updatedAt: isoNow() });
+          if (row?.host !== host) return;
+          this.stateSetAt.set(ev.vm, monotonicMs());
+          if (row.state !== ev.state) await this.store.updateVm(ev.vm, { state: ev.state, updatedAt: isoNow() });
         }).catch(() => undefined);
         void this.emit({ type: "vm.state", host, vm: ev.vm, message: `VM ${ev.vm} is ${ev.state}${ev.reason !== undefined ? ` (${ev.reason})` : ""}`, data: { state: ev.state } });
         break;
@@ -481,6 +490,7 @@ export class Manager {
   /** Writes what the owner host said about a VM after an operation. */
   async recordVm(info: VmInfo, host: string, desiredPower?: PowerIntent): Promise<VmRow> {
     return this.withVm(info.name, async () => {
+      this.stateSetAt.set(info.name, monotonicMs());
       const row = await this.store.getVm(info.name);
       if (row === undefined) {
         const fresh = vmRowFrom(info, host, desiredPower ?? "stopped");
@@ -580,6 +590,7 @@ export class Manager {
   /** Records a change of owner after the hosts made it (generation compare-and-swap). */
   async swapOwner(row: VmRow, target: string, info: VmInfo): Promise<void> {
     await this.withVm(row.name, async () => {
+      this.stateSetAt.set(row.name, monotonicMs());
       const generation = Math.max(info.config.generation ?? row.generation + 1, row.generation + 1);
       const swapped = await this.store.swapVmOwner(row.name, row.generation, { host: target, generation, config: info.config });
       if (swapped === undefined) {
