@@ -28,6 +28,8 @@
  *   POST   /v1/tasks/:id/cancel             -> TaskRow
  *   GET    /v1/events?afterId=&type=&vm=&host=&taskId=&limit= -> { events: ClusterEvent[] }
  *   GET    /v1/events  (WebSocket upgrade)  -> one ClusterEvent per message, as they happen
+ *          (plus stream-only events with id 0, not stored: `cluster.load` every 5 s at most
+ *          while heartbeats update hosts' and VMs' load figures)
  *   GET    /v1/networks                     -> { networks: NetworkRow[] }
  *   GET    /v1/datastores                   -> { datastores: DatastoreRow[] }
  *   GET    /v1/drs/recommendations          -> DrsRecommendations (dry run: nothing moves)

@@ -13,6 +13,7 @@ import { DEFAULT_GRACE_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_LEASE_MS } from "./prot
 import { recoverTasks } from "./recovery.js";
 import { registerManagerApi } from "./server.js";
 import { SqliteStore, type InventoryStore } from "./store/index.js";
+import { registerWebClient, WEB_PUBLIC_ROUTES } from "../web/static.js";
 
 export * from "./types.js";
 export type * from "./api-types.js";
@@ -77,7 +78,17 @@ export async function serveManager(opts: ManagerServeOptions): Promise<ManagerHa
   });
   await manager.init();
   const ha = new HaMonitor(manager);
-  const app = await createApiApp({ token: opts.token, log: log, role: "manager", register: (a) => registerManagerApi(a, manager, drs) });
+  const app = await createApiApp({
+    token: opts.token,
+    log: log,
+    role: "manager",
+    // The web client (its page and assets need no token; its API calls carry one), before the API's OpenAPI catalogue.
+    publicRoutes: WEB_PUBLIC_ROUTES,
+    register: (a) => {
+      registerWebClient(a);
+      registerManagerApi(a, manager, drs);
+    },
+  });
   const server = await listenApp(app, opts.listen);
   await recoverTasks(manager, ha);
   ha.start();

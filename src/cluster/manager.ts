@@ -45,6 +45,8 @@ export interface EmitInput {
   data?: unknown;
 }
 
+/** How often live views hear that load figures changed (a stream-only event). */
+const LOAD_EVERY_MS = 5_000;
 /** Keep this many events in the database. */
 const EVENTS_KEPT = 50_000;
 /** VM states in which a VM occupies its host's memory. */
@@ -78,6 +80,7 @@ export class Manager {
   /** MiB promised to hosts by moves in flight (migrations, HA restarts), by host. */
   private readonly inflight = new Map<string, number>();
   private eventsSincePrune = 0;
+  private lastLoadBroadcast = -Infinity;
   private readonly startedAt = Date.now();
   /**
    * When a VM's state was last written from a fresher source than a heartbeat (the host's event
@@ -133,6 +136,18 @@ export class Manager {
     } catch (err) {
       this.log.error({ err: errorMessage(err), type: input.type }, "event not recorded");
     }
+  }
+
+  /**
+   * Sends an event to stream listeners without storing it (id 0): `cluster.load`, at most every
+   * LOAD_EVERY_MS, tells live views that heartbeats changed hosts' and VMs' load figures.
+   */
+  private broadcastLoad(): void {
+    const now = monotonicMs();
+    if (now - this.lastLoadBroadcast < LOAD_EVERY_MS) return;
+    this.lastLoadBroadcast = now;
+    const ev: ClusterEvent = { id: 0, type: "cluster.load", at: isoNow(), severity: "info", message: "load figures updated" };
+    for (const fn of this.listeners) fn(ev);
   }
 
   listEvents(filter: EventFilter): Promise<ClusterEvent[]> {
@@ -219,7 +234,9 @@ export class Manager {
     if (wasOff) {
       void this.emit({ type: "host.reconnected", host: name, message: `host ${name} is heard from again (was ${host.connection})` });
     }
-    return this.lease(await this.reconcile(name, req.vms));
+    const release = await this.reconcile(name, req.vms);
+    this.broadcastLoad();
+    return this.lease(release);
   }
 
   /** Serialises writes to one VM's row. */

@@ -151,10 +151,12 @@ export class TaskRunner {
     return [...this.queue.map((p) => p.row), ...[...this.running.values()].map((p) => p.row)];
   }
 
-  /** Stops taking tasks; running ones carry on until the process ends (recovery finishes them). */
+  /**
+   * Stops taking tasks. Running ones are not aborted (that would cancel migrations on the
+   * hosts): their rows stay "running" and the next manager process settles them (recovery.ts).
+   */
   close(): void {
     this.closed = true;
-    for (const p of this.running.values()) p.controller.abort(new HopError("MANAGER_SHUTTING_DOWN", "the manager is shutting down", { status: 503 }));
   }
 
   private canRun(p: Pending): boolean {
@@ -206,7 +208,9 @@ export class TaskRunner {
       await this.finish(p, "succeeded", result);
     } catch (err) {
       await pendingWrite;
-      const cancelled = err instanceof TaskCancelledError || (p.controller.signal.aborted && err instanceof HopError && err.code === "MIGRATION_CANCELLED");
+      // Only a cancel aborts the signal: whatever error the body ends with then (the host's
+      // MIGRATION_ABORTED, say), the task was cancelled.
+      const cancelled = err instanceof TaskCancelledError || p.controller.signal.aborted;
       if (!cancelled) this.log.warn({ task: p.row.id, kind: p.row.kind, err: errorMessage(err) }, "task failed");
       await this.finish(p, cancelled ? "cancelled" : "failed", undefined, toTaskError(err)).catch((e: unknown) => this.log.error({ err: e }, "task end not recorded"));
     } finally {

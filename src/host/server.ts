@@ -44,8 +44,17 @@ async function closeWebSockets(this: FastifyInstance): Promise<void> {
   await new Promise<void>((resolve) => wss.close(() => resolve()));
 }
 
-/** A fastify instance with our API conventions: bearer token, JSON errors, WebSockets, clean close. */
-export async function createApiApp(opts: { token: string; log: FastifyBaseLogger; role: string; register: (app: FastifyInstance) => void }): Promise<FastifyInstance> {
+/**
+ * A fastify instance with our API conventions: bearer token, JSON errors, WebSockets, clean close.
+ * `publicRoutes`: route patterns (as registered, e.g. "/" or "/assets/*") served to GET/HEAD without
+ * a token — the web client's login page and static assets only; an API route (/v1/...) is refused.
+ */
+export async function createApiApp(opts: { token: string; log: FastifyBaseLogger; role: string; register: (app: FastifyInstance) => void; publicRoutes?: readonly string[] }): Promise<FastifyInstance> {
+  const publicRoutes = new Set(opts.publicRoutes ?? []);
+  for (const r of publicRoutes) {
+    // Neither an API route nor a pattern whose first segment could match one ("/*", "/:x").
+    if (!r.startsWith("/") || /^\/(v\d+(\/|$)|[*:])/.test(r)) throw new HopError("BAD_PUBLIC_ROUTE", `'${r}' cannot be served without a token (API routes always need one)`);
+  }
   const app = Fastify({
     loggerInstance: opts.log,
     // fastify's own per-request info lines are off; the onResponse hook below logs at debug.
@@ -62,7 +71,13 @@ export async function createApiApp(opts: { token: string; log: FastifyBaseLogger
   app.addHook("onRequest", async () => {
     if (closing) throw new HopError("HOST_SHUTTING_DOWN", `the ${opts.role} is shutting down`, { status: 503 });
   });
-  app.addHook("onRequest", authHook(opts.token));
+  const auth = authHook(opts.token);
+  app.addHook("onRequest", async (req, reply) => {
+    // Matched by the route pattern, not the raw URL, so no path trick reaches an API route unchecked.
+    const route = req.routeOptions.url;
+    if (route !== undefined && publicRoutes.has(route) && (req.method === "GET" || req.method === "HEAD")) return;
+    await auth(req, reply);
+  });
   app.addHook("onResponse", async (req, reply) => {
     req.log.debug({ method: req.method, url: redactUrl(req.url), status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, "request");
   });
