@@ -344,7 +344,7 @@ void test("cluster up summary table", () => {
   assert.match(text, /ROLE\s+NAME\s+URL\s+PID\s+LOG/);
   assert.match(text, /manager\s+manager\s+http:\/\/127\.0\.0\.1:40000\s+10\s+\/tmp\/c\/logs\/manager\.log/);
   assert.match(text, /host\s+host1\s+http:\/\/127\.0\.0\.1:40001\s+11\s+\/tmp\/c\/logs\/host1\.log/);
-  assert.match(text, /hop cluster down --dir \/tmp\/c/);
+  assert.match(text, /stop the cluster with: hop cluster down$/);
 });
 
 // ---------------------------------------------------------------------------------------------

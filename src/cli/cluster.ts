@@ -20,7 +20,7 @@ import { withFileLock } from "../common/lock.js";
 import { packageRoot } from "../common/paths.js";
 import type { HostInfo } from "../cluster/api-types.js";
 import { ManagerClient } from "../cluster/client.js";
-import { clearContext, configDir, intOption, output, withJsonOption, withManager, withManagerOptions, writeContext, writeFileAtomic, type HostOptions } from "./common.js";
+import { clearContext, configDir, readContext, intOption, output, withJsonOption, withManager, withManagerOptions, writeContext, writeFileAtomic, type HostOptions } from "./common.js";
 import { keyValues, table } from "./format.js";
 import { hostTable } from "./hostadmin.js";
 import { parseFraction } from "./manager.js";
@@ -41,6 +41,11 @@ export interface ClusterFile {
 export const CLUSTER_FILE = "cluster.json";
 /** How long `down` waits after SIGTERM before SIGKILL. */
 export const STOP_GRACE_MS = 15_000;
+
+/** The directory of the current context's cluster, when `hop cluster up` made it. */
+async function contextDir(): Promise<string | undefined> {
+  return (await readContext().catch(() => undefined))?.dir;
+}
 
 export function defaultClusterDir(): string {
   return join(configDir(), "cluster");
@@ -379,7 +384,7 @@ async function upLocked(dir: string, logsDir: string, runDir: string, opts: UpOp
     for (const h of cluster.hosts) h.url = hosts.find((x) => x.name === h.name)?.url ?? h.url;
     cluster.state = "up";
     await writeClusterFile(cluster);
-    await writeContext({ url: managerUrl, token });
+    await writeContext({ url: managerUrl, token, dir });
     return { cluster, hosts: hosts.filter((h) => names.includes(h.name)), logs: Object.fromEntries(started.map((s) => [s.name, s.log])) };
   } catch (err) {
     // Stop what we started (hosts first), newest first; then forget it.
@@ -406,7 +411,7 @@ export function upTable(r: UpResult): string {
   return [
     `cluster up in ${c.dir} (token in ${join(c.dir, "cluster-token")})`,
     table(["ROLE", "NAME", "URL", "PID", "LOG"], rows),
-    `hop commands now talk to the manager at ${c.managerUrl}; stop the cluster with: hop cluster down${c.dir === resolve(defaultClusterDir()) ? "" : ` --dir ${c.dir}`}`,
+    `hop commands now talk to the manager at ${c.managerUrl}; stop the cluster with: hop cluster down`,
   ].join("\n");
 }
 
@@ -418,7 +423,7 @@ export interface DownEntry {
 }
 
 async function down(dirOpt: string | undefined): Promise<{ dir: string; found: boolean; stopped: DownEntry[]; contextCleared: boolean }> {
-  const dir = resolve(dirOpt ?? defaultClusterDir());
+  const dir = resolve(dirOpt ?? (await contextDir()) ?? defaultClusterDir());
   const c = await readClusterFile(dir);
   if (c === undefined) return { dir, found: false, stopped: [], contextCleared: false };
   // Hosts first (they stop their VMs), all at once so that the manager sees no HA restarts; then the manager.

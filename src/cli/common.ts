@@ -56,6 +56,8 @@ export function withJsonOption(cmd: Command): Command {
 export interface ClusterContext {
   url: string;
   token: string;
+  /** The directory of a cluster started by `hop cluster up` (so `cluster down` finds it). */
+  dir?: string;
 }
 
 export function contextFile(): string {
@@ -82,7 +84,7 @@ export async function readContext(): Promise<ClusterContext | undefined> {
   if (typeof ctx?.url !== "string" || typeof ctx.token !== "string" || ctx.url === "") {
     throw new HopError("CONTEXT_INVALID", `the cluster context ${file} must be {"url": ..., "token": ...}`);
   }
-  return { url: ctx.url, token: ctx.token };
+  return { url: ctx.url, token: ctx.token, ...(typeof ctx.dir === "string" && ctx.dir !== "" ? { dir: ctx.dir } : {}) };
 }
 
 /** Writes a file atomically (temporary file + rename) with the given mode. */
