@@ -15,7 +15,7 @@ import type { VmRow } from "./types.js";
 const TICK_MS = 250;
 /** How long a VM that should run must be seen stopped on a healthy host before it is restarted there. */
 const IN_PLACE_AFTER_MS = 3_000;
-/** Retry HA restarts that found no room this often. */
+/** Retry HA restarts that found no room, or failed, after this long. */
 const RETRY_MS = 5_000;
 
 export class HaMonitor {
@@ -23,7 +23,7 @@ export class HaMonitor {
   /** VMs with an HA task queued or running. */
   private readonly active = new Set<string>();
   private readonly stoppedSince = new Map<string, number>();
-  private readonly noRoomUntil = new Map<string, number>();
+  private readonly retryAfter = new Map<string, number>();
   /** When each host was declared down (for the restart-time figure). */
   private readonly downAt = new Map<string, number>();
   private busy = false;
@@ -73,12 +73,12 @@ export class HaMonitor {
     if (down.size === 0) return;
     const now = Date.now();
     const waiting = (await this.m.store.listVms()).filter(
-      (v) => down.has(v.host) && v.desiredPower === "running" && !this.active.has(v.name) && (this.noRoomUntil.get(v.name) ?? 0) <= now,
+      (v) => down.has(v.host) && v.desiredPower === "running" && !this.active.has(v.name) && (this.retryAfter.get(v.name) ?? 0) <= now,
     );
     if (waiting.length === 0) return;
     const plan = planPlacements(await this.m.placementHosts(), waiting.map((v) => ({ name: v.name, memoryMiB: v.config.memoryMiB })));
     for (const u of plan.unplaced) {
-      this.noRoomUntil.set(u.vm, now + RETRY_MS);
+      this.retryAfter.set(u.vm, now + RETRY_MS);
       void this.m.emit({ type: "ha.no-capacity", severity: "error", vm: u.vm, message: `HA cannot restart ${u.vm} yet: ${u.message} (admission control; retrying)` });
     }
     for (const a of plan.assignments) {
@@ -101,7 +101,7 @@ export class HaMonitor {
       }
       const since = this.stoppedSince.get(v.name) ?? now;
       this.stoppedSince.set(v.name, since);
-      if (now - since < IN_PLACE_AFTER_MS || (this.noRoomUntil.get(v.name) ?? 0) > now) continue;
+      if (now - since < IN_PLACE_AFTER_MS || (this.retryAfter.get(v.name) ?? 0) > now) continue;
       this.stoppedSince.delete(v.name);
       await this.submit(v, undefined, "in-place");
     }
@@ -116,10 +116,17 @@ export class HaMonitor {
         host: target ?? row.host,
         slots: [slot(`vm:${row.name}`)],
       });
-      void this.m.tasks.wait(task.id).finally(() => {
-        release();
-        this.active.delete(row.name);
-      });
+      void this.m.tasks
+        .wait(task.id)
+        .then((end) => {
+          // A failed restart (the chosen host refused or vanished) is tried again later, not at once.
+          if (end.state !== "succeeded") this.retryAfter.set(row.name, Date.now() + RETRY_MS);
+        })
+        .catch(() => this.retryAfter.set(row.name, Date.now() + RETRY_MS))
+        .finally(() => {
+          release();
+          this.active.delete(row.name);
+        });
     } catch (err) {
       release();
       this.active.delete(row.name);

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { HopError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
+import { HaMonitor } from "./ha.js";
 import { checkTimings } from "./index.js";
 import { Manager } from "./manager.js";
 import type { JoinRequest, VmReport } from "./protocol.js";
@@ -104,5 +105,46 @@ void describe("Manager inventory", () => {
     assert.throws(() => checkTimings(1000, 5000, 5500), (e: HopError) => e.code === "BAD_TIMINGS");
     assert.throws(() => checkTimings(1000, 1500, 8000), (e: HopError) => e.code === "BAD_TIMINGS");
     assert.throws(() => checkTimings(10, 5000, 8000), (e: HopError) => e.code === "BAD_TIMINGS");
+  });
+});
+
+void describe("HA admission control", () => {
+  void test("a host that goes silent is declared down after the grace period; its VMs are restarted only where they fit", async () => {
+    const ha = new Manager({ store: new MemoryStore(), token: "t".repeat(32), version: "0.1.0", heartbeatMs: 100, leaseMs: 250, graceMs: 400, maxMigrationsPerHost: 4, maxMigrationsPerCluster: 8, log: createLogger("test") });
+    await ha.init();
+    const monitor = new HaMonitor(ha);
+    try {
+      // h-a runs two 128 MiB VMs; the only survivor, h-b, has room for one.
+      await ha.join(join("h-a", [report("big1", 1), report("big2", 1)], 512));
+      await ha.join(join("h-b", [], 128));
+      monitor.start();
+      const deadline = Date.now() + 5_000;
+      const keepB = setInterval(() => void ha.heartbeat("h-b", { seq: 1, load, vms: [] }).catch(() => undefined), 100);
+      try {
+        while ((await ha.getHost("h-a")).connection !== "down") {
+          assert.ok(Date.now() < deadline, "h-a declared down");
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        while ((await ha.listEvents({ type: "ha.no-capacity" })).length === 0) {
+          assert.ok(Date.now() < deadline, "an ha.no-capacity event");
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        // The planned restart fails (nothing listens at h-b's URL): it is retried later, not in a loop.
+        await new Promise((r) => setTimeout(r, 1_000));
+      } finally {
+        clearInterval(keepB);
+      }
+      assert.equal((await ha.getHost("h-b")).connection, "connected");
+      const restarts = await ha.listTasks({ kind: "ha.restart" });
+      assert.equal(restarts.length, 1, "one VM planned onto the survivor, the other refused by admission control");
+      assert.equal(restarts[0]?.params["to"], "h-b");
+      assert.equal(restarts[0]?.state, "failed");
+      const refused = (await ha.listEvents({ type: "ha.no-capacity" }))[0];
+      assert.notEqual(refused?.vm, restarts[0]?.vm);
+      assert.match(refused?.message ?? "", /128 MiB/);
+    } finally {
+      monitor.stop();
+      ha.close();
+    }
   });
 });
