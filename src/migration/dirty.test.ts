@@ -134,3 +134,22 @@ void test("scanAll yields between slices and catches writes made while it runs",
   assert.ok(Buffer.from(t.shadowView).equals(ram));
   assert.equal(BLOCK_BYTES, 65536);
 });
+
+void test("prefault leaves the shadow all zero, yields once per slice, and changes nothing a scan reports", async () => {
+  const pages = 64;
+  const ram = new Uint8Array(pages * PAGE_SIZE);
+  randomFill(seededRandom(7), ram, 5 * PAGE_SIZE, 9 * PAGE_SIZE);
+  const plain = new DirtyTracker(pages);
+  const faulted = new DirtyTracker(pages);
+  let yields = 0;
+  await faulted.prefault({
+    sliceBytes: 16 * PAGE_SIZE,
+    yieldFn: async () => {
+      yields++;
+    },
+  });
+  assert.equal(yields, 4);
+  assert.ok(faulted.shadowView.every((b) => b === 0));
+  assert.deepEqual(faulted.scanSlice(ram, 0, pages), plain.scanSlice(ram, 0, pages));
+  assert.deepEqual(faulted.scanSlice(ram, 0, pages), [], "the shadow took the pages in");
+});

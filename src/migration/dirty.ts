@@ -69,6 +69,20 @@ export class DirtyTracker {
     this.known = new Uint8Array(pageCount);
   }
 
+  /**
+   * Faults the shadow's memory in, `sliceBytes` at a time with `yieldFn` between slices, so
+   * that the first round copies into memory that is already there. (A fresh shadow is mapped
+   * lazily: every first write to a 4 KiB page is a page fault, ~30 % of round 0's time.) Call it
+   * while waiting for the target, before any page is recorded.
+   */
+  async prefault(options: { sliceBytes?: number; yieldFn?: () => Promise<void> } = {}): Promise<void> {
+    const slice = Math.max(this.pageSize, options.sliceBytes ?? 4 * 1024 * 1024);
+    for (let off = 0; off < this.byteLength; off += slice) {
+      this.shadow.fill(0, off, Math.min(this.byteLength, off + slice));
+      if (options.yieldFn !== undefined) await options.yieldFn();
+    }
+  }
+
   /** The shadow (read-only by contract): the content the target holds for every sent page. */
   get shadowView(): Uint8Array {
     return this.shadow;

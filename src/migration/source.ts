@@ -174,11 +174,16 @@ export class LiveMigrationSource {
       });
       const conn = this.conn;
       conn.write(this.sm.hello());
+      // While the target prepares: fault in the shadow of the guest's RAM, a slice at a time.
+      const localPages = Math.floor(this.vm.ram().length / PAGE_SIZE);
+      const early = new DirtyTracker(localPages);
+      const prefaulted = early.prefault({ yieldFn: () => new Promise<void>((r) => setImmediate(r)) });
       await this.waitFor("prepared", replyTimeoutMs, "prepare the VM");
+      await prefaulted;
 
       const pageCount = this.sm.pageCount;
       const ramBytes = pageCount * PAGE_SIZE;
-      const tracker = new DirtyTracker(pageCount);
+      const tracker = pageCount === localPages ? early : new DirtyTracker(pageCount);
       const writer = new PageBatchWriter({ maxBytes: LIVE_DEFAULTS.batchBytes, encode: { lz4: opts.lz4 === true } });
       const getRam = (): Uint8Array => this.vm.ram();
       const limit = opts.bandwidthBytesPerSec ?? 0;
