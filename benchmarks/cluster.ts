@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ClusterHarness } from "../src/cluster/testing.js";
+import { waitFor as waitUntil } from "../src/common/testing.js";
 import type { TaskRow } from "../src/cluster/types.js";
 import type { MigrationReport } from "../src/migration/index.js";
 import { LocalSupervisor } from "../src/host/supervisor.js";
@@ -32,14 +33,9 @@ const runs = Number(values.runs);
 const vmCount = Number(values.vms);
 const haVms = Number(values["ha-vms"]);
 
-async function waitFor<T>(fn: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
+/** Polls every 50 ms; a request that fails counts as "not yet". */
+function waitFor<T>(fn: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
+  return waitUntil(() => fn().catch(() => undefined), ms, what, 50);
 }
 
 const dir = await mkdtemp(join(tmpdir(), "hop-bench-cluster-"));

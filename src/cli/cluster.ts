@@ -8,22 +8,19 @@
  * talk to it without --host/--token. `down` signals exactly the pids in cluster.json, after
  * checking each still is a node process running hop.js for this cluster (never a reused pid).
  */
-import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { closeSync, openSync, writeSync } from "node:fs";
 import { mkdir, readFile, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { basename, join, resolve, sep } from "node:path";
 import type { Command } from "commander";
 import { HopError, errorMessage } from "../common/errors.js";
 import { withFileLock } from "../common/lock.js";
-import { packageRoot } from "../common/paths.js";
 import type { HostInfo } from "../cluster/api-types.js";
 import { ManagerClient } from "../cluster/client.js";
+import { freePort, spawnHopDetached } from "../host/agents.js";
+import { createTokenFile, readTokenFile } from "./serve.js";
 import { clearContext, configDir, readContext, intOption, output, withJsonOption, withManager, withManagerOptions, writeContext, writeFileAtomic, type HostOptions } from "./common.js";
 import { keyValues, table } from "./format.js";
 import { hostTable } from "./hostadmin.js";
-import { parseFraction } from "./manager.js";
+import { MIN_TOKEN_LENGTH, parseFraction } from "./manager.js";
 import { exitCodeFor, taskStarted } from "./task.js";
 
 /** What `hop cluster up` started, in <dir>/cluster.json. */
@@ -49,10 +46,6 @@ async function contextDir(): Promise<string | undefined> {
 
 export function defaultClusterDir(): string {
   return join(configDir(), "cluster");
-}
-
-export function hopScript(): string {
-  return join(packageRoot, "bin", "hop.js");
 }
 
 export async function readClusterFile(dir: string): Promise<ClusterFile | undefined> {
@@ -162,19 +155,6 @@ export async function stopPid(pid: number, dir: string | undefined, graceMs: num
   return { result: "still-running", reason: `pid ${pid} survived SIGKILL` };
 }
 
-/** A port that was free a moment ago (bound on port 0, then released). */
-export function freePort(host = "127.0.0.1"): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, host, () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
-
 export interface PortPlan {
   /** 0: any (the manager reports its URL through --url-file). */
   manager: number;
@@ -219,19 +199,13 @@ interface Started {
 
 /** Starts `hop <args>` detached, stdout and stderr appended to `log`. */
 function spawnHop(name: string, args: string[], log: string): Started {
-  const fd = openSync(log, "a", 0o600);
-  try {
-    writeSync(fd, `--- ${new Date().toISOString()} hop ${args.join(" ")}\n`);
-    const child = spawn(process.execPath, [hopScript(), ...args], { stdio: ["ignore", fd, fd], detached: true, env: childEnv() });
-    if (child.pid === undefined) throw new HopError("SPAWN_FAILED", `cannot start the ${name} process (see ${log})`);
-    const started: Started = { name, pid: child.pid, log };
-    child.once("exit", (code, signal) => (started.exit = signal !== null ? `killed by ${signal}` : `exited with code ${code ?? "?"}`));
-    child.once("error", (err) => (started.exit = `failed: ${err.message}`));
-    child.unref();
-    return started;
-  } finally {
-    closeSync(fd);
-  }
+  const child = spawnHopDetached(args, log, childEnv());
+  if (child.pid === undefined) throw new HopError("SPAWN_FAILED", `cannot start the ${name} process (see ${log})`);
+  const started: Started = { name, pid: child.pid, log };
+  child.once("exit", (code, signal) => (started.exit = signal !== null ? `killed by ${signal}` : `exited with code ${code ?? "?"}`));
+  child.once("error", (err) => (started.exit = `failed: ${err.message}`));
+  child.unref();
+  return started;
 }
 
 async function logTail(file: string, lines = 8): Promise<string> {
@@ -265,13 +239,11 @@ async function refuseIfUp(dir: string): Promise<void> {
   }
 }
 
+/** The cluster's token file, made once (a token too short for the manager is replaced). */
 async function clusterToken(dir: string): Promise<string> {
   const file = join(dir, "cluster-token");
-  const existing = (await readFile(file, "utf8").catch(() => "")).trim();
-  if (existing.length >= 16) return existing;
-  const token = randomBytes(32).toString("hex");
-  await writeFileAtomic(file, `${token}\n`, 0o600);
-  return token;
+  const existing = await readTokenFile(file);
+  return existing !== undefined && existing.length >= MIN_TOKEN_LENGTH ? existing : createTokenFile(file);
 }
 
 async function up(opts: UpOptions): Promise<UpResult> {

@@ -1,12 +1,12 @@
 /** `hop host serve`: run a host agent (supervisor + HTTP/WS API) in the foreground. */
-import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { Option, type Command } from "commander";
 import { HopError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
-import { generateToken } from "../host/auth.js";
 import { parseListen, serveHost } from "../host/server.js";
+import { runUntilSignal, serveToken } from "./serve.js";
 import { intOption } from "./common.js";
 
 interface ServeOptions {
@@ -42,34 +42,6 @@ function parsePeers(values: string[]): Map<string, string> {
   return peers;
 }
 
-/** The token to serve with: --token, --token-file, or <datastore>/host-token (created when absent). */
-async function hostToken(opts: ServeOptions, datastore: string): Promise<{ token: string; note?: string }> {
-  if (opts.token !== undefined) {
-    if (opts.token.trim() === "") throw new HopError("TOKEN_EMPTY", "--token must not be empty");
-    return { token: opts.token.trim() };
-  }
-  if (opts.tokenFile !== undefined) {
-    let token: string;
-    try {
-      token = (await readFile(opts.tokenFile, "utf8")).trim();
-    } catch (err) {
-      throw new HopError("TOKEN_UNREADABLE", `cannot read the token file ${opts.tokenFile}: ${(err as Error).message}`, { cause: err });
-    }
-    if (token === "") throw new HopError("TOKEN_EMPTY", `the token file ${opts.tokenFile} is empty`);
-    return { token };
-  }
-  const file = join(datastore, "host-token");
-  const existing = await readFile(file, "utf8").then(
-    (t) => t.trim(),
-    () => "",
-  );
-  if (existing !== "") return { token: existing, note: `using the token in ${file}` };
-  const token = generateToken();
-  await writeFile(file, `${token}\n`, { mode: 0o600 });
-  await chmod(file, 0o600);
-  return { token, note: `generated a token and wrote it to ${file}` };
-}
-
 export function register(program: Command): void {
   const host = program.command("host").description("run a host agent");
 
@@ -99,7 +71,7 @@ export function register(program: Command): void {
       }
       const datastore = resolve(opts.datastore);
       await mkdir(datastore, { recursive: true });
-      const { token, note } = await hostToken(opts, datastore);
+      const { token, note } = await serveToken(opts, join(datastore, "host-token"), "token");
       if (note !== undefined) process.stderr.write(`${note}\n`);
 
       const log = createLogger("host", { host: name });
@@ -165,44 +137,18 @@ export function register(program: Command): void {
       const managerLink = link;
 
       const srv = server;
-      await new Promise<void>((done) => {
-        let stopping = false;
-        const onSignal = (signal: NodeJS.Signals): void => {
-          if (stopping) {
-            log.warn({ signal }, "second signal: exiting without a clean shutdown");
-            process.exit(130);
-          }
-          stopping = true;
-          log.info({ signal }, "stopping the host agent");
-          const stop = async (): Promise<void> => {
-            try {
-              await managerLink?.stop();
-            } catch (err) {
-              log.error({ err }, "stopping the manager link failed");
-            }
-            try {
-              await srv.close();
-            } catch (err) {
-              log.error({ err }, "closing the API server failed");
-            }
-            await supervisor.close();
-          };
-          stop().then(
-            () => {
-              log.info("host agent stopped");
-              done();
-            },
-            (err: unknown) => {
-              log.error({ err }, "host agent shutdown failed");
-              process.exitCode = 1;
-              done();
-            },
-          );
-        };
-        process.on("SIGINT", onSignal);
-        process.on("SIGTERM", onSignal);
+      await runUntilSignal(log, "host agent", async () => {
+        try {
+          await managerLink?.stop();
+        } catch (err) {
+          log.error({ err }, "stopping the manager link failed");
+        }
+        try {
+          await srv.close();
+        } catch (err) {
+          log.error({ err }, "closing the API server failed");
+        }
+        await supervisor.close();
       });
-      // VM processes and log streams are gone by now; do not wait on stray handles.
-      process.exit(process.exitCode ?? 0);
     });
 }

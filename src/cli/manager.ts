@@ -1,11 +1,11 @@
 /** `hop manager serve`: run the cluster manager (inventory, tasks, HA, DRS; HTTP/WS API) in the foreground. */
-import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { HopError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
-import { generateToken } from "../host/auth.js";
 import { intOption, writeFileAtomic } from "./common.js";
+import { runUntilSignal, serveToken } from "./serve.js";
 
 /** Hosts and users present the cluster token; shorter ones are refused. */
 export const MIN_TOKEN_LENGTH = 16;
@@ -27,34 +27,9 @@ export interface ManagerServeCliOptions {
   json?: boolean;
 }
 
-function checkToken(token: string, where: string): string {
-  if (token === "") throw new HopError("TOKEN_EMPTY", `${where} is empty`);
-  if (token.length < MIN_TOKEN_LENGTH) throw new HopError("TOKEN_TOO_SHORT", `${where} must be at least ${MIN_TOKEN_LENGTH} characters`);
-  return token;
-}
-
 /** The cluster token: --token, --token-file, or <dir of the db>/cluster-token (generated when absent). */
-export async function clusterToken(opts: Pick<ManagerServeCliOptions, "token" | "tokenFile" | "db">): Promise<{ token: string; note?: string }> {
-  if (opts.token !== undefined) return { token: checkToken(opts.token.trim(), "--token") };
-  if (opts.tokenFile !== undefined) {
-    let text: string;
-    try {
-      text = await readFile(opts.tokenFile, "utf8");
-    } catch (err) {
-      throw new HopError("TOKEN_UNREADABLE", `cannot read the token file ${opts.tokenFile}: ${(err as Error).message}`, { cause: err });
-    }
-    return { token: checkToken(text.trim(), `the token file ${opts.tokenFile}`) };
-  }
-  const file = join(dirname(resolve(opts.db)), "cluster-token");
-  const existing = await readFile(file, "utf8").then(
-    (t) => t.trim(),
-    () => "",
-  );
-  if (existing !== "") return { token: checkToken(existing, `the token file ${file}`), note: `using the cluster token in ${file}` };
-  const token = generateToken();
-  await writeFile(file, `${token}\n`, { mode: 0o600 });
-  await chmod(file, 0o600);
-  return { token, note: `generated a cluster token and wrote it to ${file}` };
+export function clusterToken(opts: Pick<ManagerServeCliOptions, "token" | "tokenFile" | "db">): Promise<{ token: string; note?: string }> {
+  return serveToken(opts, join(dirname(resolve(opts.db)), "cluster-token"), "cluster token", MIN_TOKEN_LENGTH);
 }
 
 /** A commander argument parser for a number in (0, 1]. */
@@ -124,38 +99,13 @@ export function register(program: Command): void {
       }
       process.stdout.write(opts.json === true ? `${JSON.stringify({ url: handle.url, managerId: handle.managerId })}\n` : `manager ${handle.managerId} listening on ${handle.url}\n`);
 
-      await new Promise<void>((done) => {
-        let stopping = false;
-        const onSignal = (signal: NodeJS.Signals): void => {
-          if (stopping) {
-            log.warn({ signal }, "second signal: exiting without a clean shutdown");
-            process.exit(130);
-          }
-          stopping = true;
-          log.info({ signal }, "stopping the manager");
-          const stop = async (): Promise<void> => {
-            // Forget the URL only if it is still ours (another manager may have taken the file over).
-            if (urlFile !== undefined) {
-              const current = await readFile(urlFile, "utf8").catch(() => "");
-              if (current.trim() === handle.url) await rm(urlFile, { force: true });
-            }
-            await handle.close();
-          };
-          stop().then(
-            () => {
-              log.info("manager stopped");
-              done();
-            },
-            (err: unknown) => {
-              log.error({ err }, "manager shutdown failed");
-              process.exitCode = 1;
-              done();
-            },
-          );
-        };
-        process.on("SIGINT", onSignal);
-        process.on("SIGTERM", onSignal);
+      await runUntilSignal(log, "manager", async () => {
+        // Forget the URL only if it is still ours (another manager may have taken the file over).
+        if (urlFile !== undefined) {
+          const current = await readFile(urlFile, "utf8").catch(() => "");
+          if (current.trim() === handle.url) await rm(urlFile, { force: true });
+        }
+        await handle.close();
       });
-      process.exit(process.exitCode ?? 0);
     });
 }

@@ -4,10 +4,6 @@ import { vmCreateSchema } from "../vm/config.js";
 import { migrationModeSchema } from "../host/migration.js";
 import { hostNameSchema } from "./protocol.js";
 
-const queryBool = z
-  .enum(["true", "false", "1", "0", ""], { message: "must be true or false" })
-  .transform((v) => v === "true" || v === "1" || v === "");
-
 const queryInt = (min: number, max: number) =>
   z
     .string()
@@ -71,4 +67,3 @@ export const eventQuerySchema = z
 
 export const drsQuerySchema = z.object({ threshold: z.string().regex(/^0?\.\d+$|^1$/, "must be a number between 0 and 1").transform(Number).optional() }).strict();
 
-export { queryBool };

@@ -11,9 +11,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import type { RawData } from "ws";
-import { HopError } from "../common/errors.js";
+import { expectCode, pidAlive, waitFor as waitUntil } from "../common/testing.js";
 import { HostClient, waitOpen } from "../host/client.js";
 import { LocalSupervisor } from "../host/supervisor.js";
 import { ClusterHarness } from "./testing.js";
@@ -23,26 +22,9 @@ const TOKEN = `test-cluster-${randomBytes(12).toString("hex")}`;
 let dir = "";
 let cluster: ClusterHarness;
 
-async function waitFor<T>(fn: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-async function expectCode(p: Promise<unknown>, code: string, status?: number): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof HopError, `expected a HopError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    if (status !== undefined) assert.equal(err.status, status, err.message);
-    return;
-  }
-  assert.fail(`expected ${code}`);
+/** Polls the manager (a request that fails, e.g. while it restarts, counts as "not yet") every 100 ms. */
+function waitFor<T>(fn: () => Promise<T | undefined | false>, ms: number, what: string): Promise<T> {
+  return waitUntil(() => fn().catch(() => undefined), ms, what, 100);
 }
 
 /** Which hosts' own APIs list `vm` as running (the truth, not the manager's view). */
@@ -249,21 +231,13 @@ void describe("cluster manager with 3 hosts and real guests", { timeout: 20 * 60
     const onH2 = (await cluster.client.list()).filter((v) => v.host === "h2" && v.state === "running").map((v) => v.name);
     const h2 = new HostClient(cluster.hosts.get("h2")!.url, TOKEN);
     const pids = new Map((await h2.list()).filter((v) => onH2.includes(v.name)).map((v) => [v.name, v.pid!]));
-    const alive = (pid: number): boolean => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    };
     cluster.hosts.get("h2")!.relay.cut();
     // Sample: at no moment may a VM's old process live while it runs on another host.
     const diedAt = new Map<string, number>();
     const elsewhereAt = new Map<string, number>();
     await waitFor(async () => {
       const now = Date.now();
-      for (const [name, pid] of pids) if (!diedAt.has(name) && !alive(pid)) diedAt.set(name, now);
+      for (const [name, pid] of pids) if (!diedAt.has(name) && !pidAlive(pid)) diedAt.set(name, now);
       for (const v of await cluster.client.list()) {
         if (pids.has(v.name) && v.host !== "h2" && v.state === "running" && !elsewhereAt.has(v.name)) elsewhereAt.set(v.name, now);
       }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { loadScore, recommendMoves, type DrsHost, type DrsVm } from "./drs.js";
+import { seededRandom } from "../common/random.js";
 
 /** An eligible 4-CPU, 16 GiB host, unless overridden. */
 function host(name: string, cpuPct: number, over: Partial<DrsHost> = {}): DrsHost {
@@ -14,18 +15,6 @@ function vm(name: string, hostName: string, cpuPct: number, memoryMiB = 512, mov
 /** Hosts whose reservations are the sum of their VMs' memory. */
 function withReservations(hosts: DrsHost[], vms: readonly DrsVm[]): DrsHost[] {
   return hosts.map((h) => ({ ...h, reservedMiB: vms.filter((v) => v.host === h.name).reduce((s, v) => s + v.memoryMiB, 0) }));
-}
-
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**
@@ -218,7 +207,7 @@ void test("recommendMoves does not change its input", () => {
 });
 
 void test("random clusters: every move fits, strictly lowers the imbalance, and no host ends overcommitted", () => {
-  const rand = prng(20240611);
+  const rand = seededRandom(20240611);
   const int = (lo: number, hi: number): number => lo + Math.floor(rand() * (hi - lo + 1));
   let totalMoves = 0;
   for (let i = 0; i < 500; i++) {

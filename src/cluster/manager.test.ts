@@ -12,6 +12,7 @@ import { checkTimings } from "./index.js";
 import { Manager } from "./manager.js";
 import type { JoinRequest, VmReport } from "./protocol.js";
 import { MemoryStore } from "./store/index.js";
+import { expectCode } from "../common/testing.js";
 
 let m: Manager;
 
@@ -25,10 +26,6 @@ function join(name: string, vms: VmReport[], memoryMiB = 512): JoinRequest {
 }
 
 const load = { cpuPct: 0, memUsedMiB: 0, rssMiB: 0, vmCount: 0 };
-
-async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
-  await assert.rejects(p, (e: unknown) => e instanceof HopError && e.code === code);
-}
 
 void describe("Manager inventory", () => {
   before(async () => {

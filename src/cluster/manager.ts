@@ -12,15 +12,16 @@ import { monotonicMs } from "../common/time.js";
 import type { HostClient } from "../host/client.js";
 import type { ExecResult, HostEvent, VmInfo } from "../host/types.js";
 import type { MigrationReport } from "../migration/index.js";
-import { vmCreateSchema, type VmConfig } from "../vm/config.js";
+import { type VmConfig } from "../vm/config.js";
+import { clusterVmCreateSchema, vmCreateSchema } from "./api-schemas.js";
 import type { VmState } from "../vm/lifecycle.js";
-import type { ClusterMigrateRequest, ClusterVmCreateRequest, HostInfo, ManagerHealth } from "./api-types.js";
+import type { ClusterMigrateRequest, HostInfo, ManagerHealth } from "./api-types.js";
 import { ClusterVmNotFoundError, HostNotFoundError, HostNotJoinedError, HostUnavailableError, PlacementError, VmBusyError } from "./errors.js";
 import { HostRegistry } from "./hosts.js";
 import { chooseHost, type PlacementHost } from "./placement.js";
 import { joinRequestSchema, heartbeatRequestSchema, type HeartbeatResponse, type JoinResponse, type LeaseGrant, type VmReport } from "./protocol.js";
 import type { EventFilter, InventoryStore, TaskFilter } from "./store/index.js";
-import { slot, TaskRunner, type TaskBody, type TaskContext, type SubmitOptions } from "./tasks.js";
+import { slot, TaskNotFoundError, TaskRunner, type TaskBody, type TaskContext, type SubmitOptions } from "./tasks.js";
 import type { ClusterEvent, EventSeverity, HostRow, PowerIntent, TaskKind, TaskRow, VmRow } from "./types.js";
 
 export interface ManagerOptions {
@@ -476,7 +477,7 @@ export class Manager {
 
   async getTask(id: string): Promise<TaskRow> {
     const t = await this.store.getTask(id);
-    if (t === undefined) throw new HopError("TASK_NOT_FOUND", `no task with id '${id}'`, { status: 404 });
+    if (t === undefined) throw new TaskNotFoundError(id);
     return t;
   }
 
@@ -527,9 +528,8 @@ export class Manager {
 
   async createVm(body: unknown): Promise<VmRow> {
     const raw = (typeof body === "object" && body !== null ? body : {}) as Record<string, unknown>;
-    const { host, start, ...rest } = raw as ClusterVmCreateRequest & Record<string, unknown>;
-    if (host !== undefined && typeof host !== "string") throw new HopError("BAD_REQUEST", "host: must be a host name", { status: 400 });
-    if (start !== undefined && typeof start !== "boolean") throw new HopError("BAD_REQUEST", "start: must be true or false", { status: 400 });
+    const { host: rawHost, start: rawStart, ...rest } = raw;
+    const { host, start } = parseInput(clusterVmCreateSchema, { host: rawHost, start: rawStart }, "body");
     const req = parseInput(vmCreateSchema, rest, "body");
     if ((await this.store.getVm(req.name)) !== undefined) throw new HopError("VM_EXISTS", `a VM named '${req.name}' already exists in the cluster`, { status: 409 });
     const target = await this.place(req.memoryMiB, { ...(host !== undefined ? { host } : {}), admission: start === true });
@@ -538,7 +538,7 @@ export class Manager {
       { ...rest, host: target, start: start === true },
       async () => {
         if ((await this.store.getVm(req.name)) !== undefined) throw new HopError("VM_EXISTS", `a VM named '${req.name}' already exists in the cluster`, { status: 409 });
-        const info = await this.client(target).create(rest);
+        const info = await this.client(target).create(req);
         const row = await this.recordVm(info, target, "stopped");
         void this.emit({ type: "vm.created", host: target, vm: req.name, message: `VM ${req.name} created on ${target}` });
         return row;

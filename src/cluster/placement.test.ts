@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { chooseHost, planPlacements, type PlacementHost } from "./placement.js";
+import { seededRandom } from "../common/random.js";
 
 /** A connected 4-CPU, 4096 MiB host with nothing on it, unless overridden. */
 function host(name: string, over: Partial<PlacementHost> = {}): PlacementHost {
@@ -12,18 +13,6 @@ function host(name: string, over: Partial<PlacementHost> = {}): PlacementHost {
     reservedMiB: 0,
     cpuPct: 0,
     ...over,
-  };
-}
-
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
 
@@ -195,7 +184,7 @@ void test("planPlacements for evacuation: the excluded host receives nothing", (
 });
 
 void test("planPlacements never overcommits and places everything chooseHost would (random clusters)", () => {
-  const rand = prng(42);
+  const rand = seededRandom(42);
   const int = (lo: number, hi: number): number => lo + Math.floor(rand() * (hi - lo + 1));
   for (let i = 0; i < 300; i++) {
     const hosts = Array.from({ length: int(0, 5) }, (_, k) => {

@@ -4,26 +4,15 @@
  * it and its VMs" is one signal; each reaches the manager through a TCP relay that can be cut to
  * partition it (its heartbeats blocked, its VMs still alive).
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdir, open, readFile } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { createServer, connect, type AddressInfo, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { HopError } from "../common/errors.js";
-import { packageRoot } from "../common/paths.js";
-import { startAgent, type AgentProcess } from "../host/agents.js";
+import { waitFor } from "../common/testing.js";
+import { freePort, spawnHopDetached, startAgent, type AgentProcess } from "../host/agents.js";
 import { ManagerClient } from "./client.js";
-
-/** Binds port 0 on loopback and returns the port the kernel chose (then frees it). */
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, "127.0.0.1");
-  await once(srv, "listening");
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** A TCP relay to `target` that can be cut (every connection dropped, new ones refused) and healed. */
 export class Relay {
@@ -102,15 +91,9 @@ export interface HarnessHost {
   agent: AgentProcess;
 }
 
-const hopBin = join(packageRoot, "bin", "hop.js");
-
+/** Polls every 100 ms; a request that fails (the process is still starting) counts as "not yet". */
 async function waitUntil(cond: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (await cond().catch(() => false)) return;
-    if (Date.now() > deadline) throw new HopError("HARNESS_TIMEOUT", `timed out after ${ms} ms waiting for ${what}`);
-    await sleep(100);
-  }
+  await waitFor(() => cond().catch(() => false), ms, what, 100);
 }
 
 export class ClusterHarness {
@@ -132,15 +115,11 @@ export class ClusterHarness {
 
   private async spawnLogged(name: string, args: string[]): Promise<ChildProcess> {
     await mkdir(join(this.opts.dir, "logs"), { recursive: true });
-    const log = await open(join(this.opts.dir, "logs", `${name}.log`), "a");
-    const proc = spawn(process.execPath, [hopBin, ...args], {
-      stdio: ["ignore", log.fd, log.fd],
-      detached: true,
-      env: { ...process.env, HOP_LOG_LEVEL: process.env["HOP_LOG_LEVEL"] === "silent" ? "info" : (process.env["HOP_LOG_LEVEL"] ?? "info"), ...this.opts.env },
+    return spawnHopDetached(args, join(this.opts.dir, "logs", `${name}.log`), {
+      ...process.env,
+      HOP_LOG_LEVEL: process.env["HOP_LOG_LEVEL"] === "silent" ? "info" : (process.env["HOP_LOG_LEVEL"] ?? "info"),
+      ...this.opts.env,
     });
-    proc.on("error", () => undefined);
-    proc.once("exit", () => void log.close().catch(() => undefined));
-    return proc;
   }
 
   /** Starts (or restarts, on the same database and port) the manager and waits for it to answer. */

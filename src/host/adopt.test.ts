@@ -8,11 +8,11 @@ import { access, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { HopError } from "../common/errors.js";
 import { HostClient } from "./client.js";
 import { serveHost, type HostServerHandle } from "./server.js";
 import { LocalSupervisor } from "./supervisor.js";
 import type { HostEvent } from "./types.js";
+import { expectCode, pidAlive, waitFor } from "../common/testing.js";
 
 const TOKEN = "adopt-test-cluster-token-0123456789";
 let dir: string;
@@ -22,35 +22,6 @@ let b: LocalSupervisor;
 let server: HostServerHandle;
 let client: HostClient;
 const others: LocalSupervisor[] = [];
-
-async function expectCode(p: Promise<unknown>, code: string, status?: number): Promise<HopError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof HopError, `expected a HopError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    if (status !== undefined) assert.equal(err.status, status, err.message);
-    return err;
-  }
-  assert.fail(`expected error ${code}`);
-}
-
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function exists(p: string): Promise<boolean> {
   return access(p).then(
@@ -169,7 +140,7 @@ void describe("HA adopt, fencing and release with real guests", { timeout: 5 * 6
     await b.create({ name: "f1", memoryMiB: 128, diskMiB: 16 });
     await b.start("f1");
     const pids = [b.pidOf("ha1"), b.pidOf("f1")];
-    assert.ok(pids.every((p) => p !== undefined && alive(p)));
+    assert.ok(pids.every((p) => p !== undefined && pidAlive(p)));
     const rec = record(b);
     const t0 = performance.now();
     const fenced = await b.fenceAll("test lease lost");
@@ -177,7 +148,7 @@ void describe("HA adopt, fencing and release with real guests", { timeout: 5 * 6
     assert.deepEqual([...fenced].sort(), ["f1", "ha1"]);
     assert.ok(fenceMs < 2_000, `fencing took ${fenceMs.toFixed(0)} ms`);
     t.diagnostic(`fenceAll of 2 VMs: ${fenceMs.toFixed(0)} ms`);
-    for (const p of pids) assert.equal(alive(p!), false, `VM process ${p} still runs`);
+    for (const p of pids) assert.equal(pidAlive(p!), false, `VM process ${p} still runs`);
     for (const name of ["ha1", "f1"]) {
       const v = b.get(name);
       assert.equal(v.state, "stopped");
@@ -201,7 +172,7 @@ void describe("HA adopt, fencing and release with real guests", { timeout: 5 * 6
     const released = await b.releaseVms(["f1", "ha1", "unknown"], "owned elsewhere");
     rec.stop();
     assert.deepEqual([...released].sort(), ["f1", "ha1"]);
-    assert.equal(alive(pid), false, "the released VM's process was killed");
+    assert.equal(pidAlive(pid), false, "the released VM's process was killed");
     assert.deepEqual(b.list(), []);
     assert.deepEqual(rec.events.filter((e) => e.type === "vm.released").map((e) => e.vm).sort(), ["f1", "ha1"]);
     for (const name of ["f1", "ha1"]) {

@@ -4,6 +4,8 @@
  * NetnsHarness.spawn), wait until it listens, stop it (SIGTERM, then SIGKILL).
  */
 import { spawn as spawnChild, type ChildProcess, type SpawnOptions } from "node:child_process";
+import { closeSync, openSync, writeSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { HopError } from "../common/errors.js";
@@ -56,7 +58,7 @@ export interface AgentProcess {
 /** Starts `hop host serve` and resolves once it listens. */
 export function startAgent(o: AgentOptions): Promise<AgentProcess> {
   const listen = o.listen ?? "127.0.0.1:0";
-  const args = [join(packageRoot, "bin", "hop.js"), "host", "serve", "--name", o.name, "--listen", listen, "--datastore", o.datastore, "--token", o.token];
+  const args = [hopScript(), "host", "serve", "--name", o.name, "--listen", listen, "--datastore", o.datastore, "--token", o.token];
   args.push("--migration-listen", o.migrationListen ?? `${listen.slice(0, listen.lastIndexOf(":"))}:0`);
   for (const p of o.peers ?? []) args.push("--peer", p);
   if (o.underlay !== undefined) args.push("--underlay", o.underlay);
@@ -109,6 +111,40 @@ export function startAgent(o: AgentOptions): Promise<AgentProcess> {
     proc.once("exit", (code, signal) => {
       clearTimeout(timer);
       reject(new HopError("AGENT_FAILED", `host agent ${o.name} exited (${signal ?? `code ${String(code)}`}) before listening: ${log.slice(-2000)}`));
+    });
+  });
+}
+
+/** The `hop` CLI script. */
+export function hopScript(): string {
+  return join(packageRoot, "bin", "hop.js");
+}
+
+/**
+ * Starts `hop <args>` in its own process group (one signal to -pid reaches it and its VMs),
+ * stdout and stderr appended to `logFile` after a line naming the command.
+ */
+export function spawnHopDetached(args: readonly string[], logFile: string, env: NodeJS.ProcessEnv = process.env): ChildProcess {
+  const fd = openSync(logFile, "a", 0o600);
+  try {
+    writeSync(fd, `--- ${new Date().toISOString()} hop ${args.join(" ")}\n`);
+    const child = spawnChild(process.execPath, [hopScript(), ...args], { stdio: ["ignore", fd, fd], detached: true, env });
+    child.on("error", () => undefined);
+    return child;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A port that was free a moment ago (bound on port 0, then released). */
+export function freePort(host = "127.0.0.1"): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, host, () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
+      srv.close(() => resolvePort(port));
     });
   });
 }

@@ -13,34 +13,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { heartbeatRequestSchema, joinRequestSchema, type HeartbeatRequest } from "../cluster/protocol.js";
-import { HopError } from "../common/errors.js";
 import { Lease, ManagerLink } from "./managerlink.js";
 import { LocalSupervisor } from "./supervisor.js";
 import type { HostEvent } from "./types.js";
+import { expectCode, waitFor } from "../common/testing.js";
 
 const TOKEN = "managerlink-test-cluster-token-0123";
 const LEASE_MS = 1_500;
 const HEARTBEAT_MS = 300;
-
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function expectCode(p: Promise<unknown> | (() => unknown), code: string, status?: number): Promise<HopError> {
-  try {
-    await (typeof p === "function" ? p() : p);
-  } catch (err) {
-    assert.ok(err instanceof HopError, `expected a HopError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    if (status !== undefined) assert.equal(err.status, status, err.message);
-    return err;
-  }
-  assert.fail(`expected error ${code}`);
-}
 
 /** A stand-in for the manager's host endpoints (protocol.ts): records what it receives. */
 interface FakeManager {

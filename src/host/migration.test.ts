@@ -18,6 +18,7 @@ import { HttpMigrationPeer } from "./client.js";
 import type { MigrationPeer } from "./migration.js";
 import { serveHost, type HostServerHandle } from "./server.js";
 import { LocalSupervisor } from "./supervisor.js";
+import { expectCode, waitFor } from "../common/testing.js";
 
 const TOKEN = "migration-test-cluster-token-0123456789";
 let dir: string;
@@ -94,26 +95,6 @@ class Heartbeats {
   stop(): void {
     for (const off of this.offs) off();
   }
-}
-
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function expectCode(p: Promise<unknown>, code: string | RegExp): Promise<HopError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof HopError, `expected a HopError, got ${String(err)}`);
-    if (typeof code === "string") assert.equal(err.code, code, err.message);
-    else assert.match(err.code, code, err.message);
-    return err;
-  }
-  assert.fail(`expected error ${String(code)}`);
 }
 
 /** Where VM `name` runs: exactly one host may have it, running. */

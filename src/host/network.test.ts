@@ -25,19 +25,9 @@ import { HostNetwork } from "./network.js";
 import { KvdProbe, Pinger } from "./probes.js";
 import { serveHost, type HostServerHandle } from "./server.js";
 import { LocalSupervisor } from "./supervisor.js";
+import { expectCode } from "../common/testing.js";
 
 const TOKEN = "network-test-cluster-token-0123456789";
-
-async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof HopError, `expected a HopError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    return;
-  }
-  assert.fail(`expected error ${code}`);
-}
 
 function addressOf(cidr: string | undefined): string {
   assert.ok(cidr !== undefined, "the VM has an address");

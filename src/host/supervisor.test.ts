@@ -7,24 +7,12 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { HopError } from "../common/errors.js";
 import { LocalSupervisor } from "./supervisor.js";
 import { serveHost } from "./server.js";
+import { expectCode, waitFor } from "../common/testing.js";
 
 let dir: string;
 let sup: LocalSupervisor;
-
-async function expectCode(p: Promise<unknown> | (() => unknown), code: string, status?: number): Promise<HopError> {
-  try {
-    await (typeof p === "function" ? p() : p);
-  } catch (err) {
-    assert.ok(err instanceof HopError, `expected a HopError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    if (status !== undefined) assert.equal(err.status, status);
-    return err;
-  }
-  assert.fail(`expected error ${code}`);
-}
 
 /** Collects `HB <n>` lines from a VM's console with the host's arrival time. */
 function watchHeartbeats(name: string): { beats: { seq: number; at: number }[]; stop: () => void } {
@@ -41,14 +29,6 @@ function watchHeartbeats(name: string): { beats: { seq: number; at: number }[]; 
     }
   });
   return { beats, stop };
-}
-
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 void describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () => {

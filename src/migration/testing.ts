@@ -2,17 +2,7 @@
 import { lz4CompressBlock } from "./lz4.js";
 import { Command, encodeMessage, FrameDecoder, PAGE_SIZE, PageEncoding, type Frame, type Message, type VmMigrationConfig } from "./protocol.js";
 
-/** mulberry32: a small seeded PRNG, so failures reproduce. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from "../common/random.js";
 
 export function randomFill(rand: () => number, target: Uint8Array, from = 0, to = target.length): void {
   for (let i = from; i < to; i++) target[i] = (rand() * 256) | 0;

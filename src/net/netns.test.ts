@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { hasProgram, runCommand } from "./command.js";
 import { HarnessError } from "./errors.js";
 import { NetnsHarness, skipReasonUnlessRoot, withHarness } from "./netns.js";
+import { pidAlive } from "../common/testing.js";
 
 /** A TCP sink: prints "ready", then discards everything. */
 const SINK = `require("net").createServer((s) => s.resume()).listen(Number(process.argv[1]), () => console.log("ready"));`;
@@ -26,15 +27,6 @@ async function leftovers(prefix: string): Promise<string[]> {
     if (l.ifname.startsWith(`${prefix}-`)) out.push(l.ifname);
   }
   return out;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 void test("harness: hosts reach each other and the root namespace; exec, spawn, teardown", { skip, timeout: 60_000 }, async () => {
@@ -64,12 +56,12 @@ void test("harness: hosts reach each other and the root namespace; exec, spawn, 
 
     const child = h.spawn(2, ["sleep", "60"]);
     sleeper = child.pid;
-    assert.ok(sleeper !== undefined && alive(sleeper));
+    assert.ok(sleeper !== undefined && pidAlive(sleeper));
     assert.deepEqual((await h.leftovers()).length, 3 + 3 + 1, "3 namespaces, 3 root-side links, the bridge");
   } finally {
     await h.teardown();
   }
-  assert.ok(sleeper !== undefined && !alive(sleeper), "spawned processes are killed");
+  assert.ok(sleeper !== undefined && !pidAlive(sleeper), "spawned processes are killed");
   assert.deepEqual(await leftovers(h.prefix), []);
   await h.teardown(); // idempotent
   assert.throws(() => h.spawn(1, ["true"]), HarnessError);

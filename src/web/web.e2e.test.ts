@@ -18,11 +18,11 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { chromium, type Browser, type Locator, type Page } from "playwright-core";
-import { HopError } from "../common/errors.js";
 import { packageRoot } from "../common/paths.js";
 import { ClusterHarness } from "../cluster/testing.js";
 import { LocalSupervisor } from "../host/supervisor.js";
 import { webDistDir } from "./static.js";
+import { expectCode } from "../common/testing.js";
 
 const CHROMIUM = process.env["HOP_CHROMIUM"] ?? "/usr/bin/chromium";
 const SHOTS = process.env["HOP_SCREENSHOT_DIR"] ?? join(packageRoot, "docs", "screenshots");
@@ -54,18 +54,6 @@ async function until(what: string, cond: () => Promise<boolean>, ms = 30_000): P
     if (Date.now() > deadline) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
     await sleep(100);
   }
-}
-
-async function expectCode(p: Promise<unknown>, code: string, status: number): Promise<HopError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof HopError, `expected a HopError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    assert.equal(err.status, status, err.message);
-    return err;
-  }
-  assert.fail(`expected ${code}`);
 }
 
 async function shot(name: string): Promise<void> {

@@ -10,40 +10,17 @@ import { HopError } from "../../common/errors.js";
 import type { ClusterEvent, DatastoreRow, HostRow, NetworkRow, TaskRow, VmRow } from "../types.js";
 import { SCHEMA_VERSION } from "./migrations.js";
 import type { EventFilter, InventoryStore, NewEvent, TaskFilter } from "./store.js";
+import { limitOf, merge, notFound } from "./rules.js";
 
-const DEFAULT_LIMIT = 100;
-const MAX_LIMIT = 1000;
-
-/** A list's size: 100 when not given, clamped to 0..1000 (same rule as SqliteStore). */
-function limitOf(limit: number | undefined): number {
-  if (limit === undefined || Number.isNaN(limit)) return DEFAULT_LIMIT;
-  return Math.min(MAX_LIMIT, Math.max(0, Math.floor(limit)));
-}
 
 /** A deep copy with SQLite's JSON semantics (undefined-valued keys are dropped). */
 function clone<T>(value: T): T {
   return JSON.parse(JSON.stringify(value)) as T;
 }
 
-/**
- * `row` with `patch` applied (same rule as SqliteStore): keys holding undefined are ignored, and
- * so is the row's identity key should a caller slip it in.
- */
-function merge<T extends object>(row: T, patch: object, identity: keyof T): T {
-  const out = { ...row } as Record<string, unknown>;
-  for (const [key, value] of Object.entries(patch)) {
-    if (value !== undefined && key !== identity) out[key] = value;
-  }
-  return out as T;
-}
-
 /** Code-unit order, as SQLite's BINARY collation for the ASCII names the inventory uses. */
 function byString(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-function notFound(what: string, id: string): HopError {
-  return new HopError("STORE_NOT_FOUND", `${what} ${id} not found`, { status: 404 });
 }
 
 export class MemoryStore implements InventoryStore {

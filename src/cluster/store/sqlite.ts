@@ -30,6 +30,7 @@ import type {
 } from "../types.js";
 import { MIGRATIONS, type Migration } from "./migrations.js";
 import type { EventFilter, InventoryStore, NewEvent, TaskFilter } from "./store.js";
+import { limitOf, merge, notFound } from "./rules.js";
 
 export interface SqliteStoreOptions {
   /** The database file (created if missing; its directory must exist), or ":memory:". */
@@ -40,30 +41,6 @@ export interface SqliteStoreOptions {
 
 /** How long a statement waits for another connection's write lock before SQLITE_BUSY. */
 const BUSY_TIMEOUT_MS = 5000;
-const DEFAULT_LIMIT = 100;
-const MAX_LIMIT = 1000;
-
-/** A list's size: 100 when not given, clamped to 0..1000 (same rule as MemoryStore). */
-function limitOf(limit: number | undefined): number {
-  if (limit === undefined || Number.isNaN(limit)) return DEFAULT_LIMIT;
-  return Math.min(MAX_LIMIT, Math.max(0, Math.floor(limit)));
-}
-
-/**
- * `row` with `patch` applied (same rule as MemoryStore): keys holding undefined are ignored, and
- * so is the row's identity key should a caller slip it in.
- */
-function merge<T extends object>(row: T, patch: object, identity: keyof T): T {
-  const out = { ...row } as Record<string, unknown>;
-  for (const [key, value] of Object.entries(patch)) {
-    if (value !== undefined && key !== identity) out[key] = value;
-  }
-  return out as T;
-}
-
-function notFound(what: string, id: string): HopError {
-  return new HopError("STORE_NOT_FOUND", `${what} ${id} not found`, { status: 404 });
-}
 
 /** JSON text for a column; NULL for an absent field. */
 function json(value: unknown): string | null {

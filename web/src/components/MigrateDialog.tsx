@@ -12,6 +12,7 @@ import { errorText } from "../api.js";
 import { isTaskRow, useCluster, useClusterEvents, useStore } from "../store.js";
 import { MigrationChart } from "./MigrationChart.js";
 import { MigrationReportView } from "./MigrationReportView.js";
+import { ErrorNote } from "./Panel.js";
 
 type VmState = ClusterVm["state"];
 
@@ -268,11 +269,7 @@ export function MigrateDialog({ vm, onClose }: { vm: ClusterVm; onClose: () => v
                 </div>
               </details>
             ) : null}
-            {error !== undefined ? (
-              <p className="error" role="alert" data-testid="migrate-error">
-                {error}
-              </p>
-            ) : null}
+            <ErrorNote error={error} testId="migrate-error" />
             <div className="modal-actions">
               <button type="button" onClick={onClose}>
                 Close
@@ -297,11 +294,7 @@ export function MigrateDialog({ vm, onClose }: { vm: ClusterVm; onClose: () => v
               )}
             </p>
             {mode !== "cold" && !(stage === "failed" && rounds.length === 0) ? <MigrationChart rounds={rounds} /> : null}
-            {error !== undefined ? (
-              <p className="error" role="alert" data-testid="migrate-error">
-                {error}
-              </p>
-            ) : null}
+            <ErrorNote error={error} testId="migrate-error" />
             {report !== undefined ? <MigrationReportView report={report} /> : null}
             <div className="modal-actions">
               {running ? (

@@ -6,6 +6,7 @@ import { fmtDuration, fmtTime } from "../format.js";
 import { vmHref } from "../route.js";
 import { useStore } from "../store.js";
 import { TaskStateBadge } from "./Badges.js";
+import { ErrorNote } from "./Panel.js";
 
 function target(t: TaskRow): string {
   const to = t.params["to"];
@@ -27,11 +28,7 @@ export function TaskTable({ tasks, showVm = true, empty = "No tasks." }: { tasks
   };
   return (
     <>
-      {error !== undefined ? (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorNote error={error} />
       <div className="table-wrap">
         <table className="table task-table">
           <thead>

@@ -6,6 +6,7 @@ import type { EventSeverity } from "../../../src/cluster/types.js";
 import { chosen, useFetched } from "../useFetched.js";
 import { EventList } from "../components/EventList.js";
 import { useCluster, useClusterEvents, useStore } from "../store.js";
+import { ErrorNote, Panel } from "../components/Panel.js";
 
 const SEVERITIES: readonly EventSeverity[] = ["info", "warning", "error"];
 const KEPT = 300;
@@ -54,10 +55,7 @@ export function EventsView(): React.JSX.Element {
 
   const set = <K extends keyof Filter>(k: K, v: Filter[K]): void => setFilter((f) => ({ ...f, [k]: v }));
   return (
-    <section className="panel" aria-labelledby="events-h">
-      <h2 id="events-h">
-        Events <span className="count">{rows.length}</span>
-      </h2>
+    <Panel id="events-h" title="Events" count={rows.length}>
       <form className="filters" aria-label="Event filters" onSubmit={(e) => e.preventDefault()}>
         <label className="field">
           <span>Type (prefix)</span>
@@ -76,12 +74,8 @@ export function EventsView(): React.JSX.Element {
           <span>hide migration progress</span>
         </label>
       </form>
-      {error !== undefined ? (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorNote error={error} />
       <EventList events={rows} empty="No event matches." />
-    </section>
+    </Panel>
   );
 }

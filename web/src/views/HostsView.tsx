@@ -11,6 +11,7 @@ import { TaskStateBadge } from "../components/Badges.js";
 import { fmtDuration } from "../format.js";
 import { vmHref } from "../route.js";
 import { useCluster, useStore } from "../store.js";
+import { ErrorNote, Panel } from "../components/Panel.js";
 
 /** Event types that tell about host health and HA. */
 export function isHaEvent(type: string): boolean {
@@ -44,11 +45,7 @@ function MaintenanceControl({ host }: { host: HostInfo }): React.JSX.Element {
           {busy ? "Exiting…" : "Exit maintenance"}
         </button>
       )}
-      {error !== undefined ? (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorNote error={error} />
     </div>
   );
 }
@@ -94,10 +91,7 @@ export function HostsView(): React.JSX.Element {
   const haEvents = c.events.filter((e) => isHaEvent(e.type)).slice(0, 60);
   return (
     <div className="hosts-view">
-      <section className="panel" aria-labelledby="hosts-view-h">
-        <h2 id="hosts-view-h">
-          Hosts <span className="count">{c.hosts.length}</span>
-        </h2>
+      <Panel id="hosts-view-h" title="Hosts" count={c.hosts.length}>
         <p className="muted small-text">Maintenance mode moves every running VM away live (one migration task each, under the maintenance task), then keeps new VMs off the host until it exits.</p>
         <div className="host-grid">
           {c.hosts.map((h) => (
@@ -107,7 +101,7 @@ export function HostsView(): React.JSX.Element {
             </HostCard>
           ))}
         </div>
-      </section>
+      </Panel>
       <section className="panel" aria-labelledby="ha-h">
         <h2 id="ha-h">Host health and HA</h2>
         <EventList events={haEvents} empty="No host or HA events yet." />

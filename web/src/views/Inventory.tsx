@@ -4,27 +4,22 @@ import { HostCard } from "../components/HostCard.js";
 import { StateBadge } from "../components/Badges.js";
 import { vmHref } from "../route.js";
 import { useCluster } from "../store.js";
+import { Panel } from "../components/Panel.js";
 
 export function Inventory(): React.JSX.Element {
   const c = useCluster();
   return (
     <div className="inventory">
-      <section className="panel hosts-panel" aria-labelledby="hosts-h">
-        <h2 id="hosts-h">
-          Hosts <span className="count">{c.hosts.length}</span>
-        </h2>
+      <Panel id="hosts-h" title="Hosts" count={c.hosts.length} className="hosts-panel">
         {c.loaded && c.hosts.length === 0 ? <p className="muted">No host has joined yet.</p> : null}
         <div className="host-grid">
           {c.hosts.map((h) => (
             <HostCard key={h.name} host={h} vms={c.vms} />
           ))}
         </div>
-      </section>
+      </Panel>
 
-      <section className="panel vms-panel" aria-labelledby="vms-h">
-        <h2 id="vms-h">
-          Virtual machines <span className="count">{c.vms.length}</span>
-        </h2>
+      <Panel id="vms-h" title="Virtual machines" count={c.vms.length} className="vms-panel">
         <CreateVmForm hosts={c.hosts} />
         <div className="table-wrap">
           <table className="table vm-table">
@@ -63,12 +58,9 @@ export function Inventory(): React.JSX.Element {
             </tbody>
           </table>
         </div>
-      </section>
+      </Panel>
 
-      <section className="panel" aria-labelledby="net-h">
-        <h2 id="net-h">
-          Networks <span className="count">{c.networks.length}</span>
-        </h2>
+      <Panel id="net-h" title="Networks" count={c.networks.length}>
         {c.networks.length === 0 ? (
           <p className="muted">No virtual networks.</p>
         ) : (
@@ -95,12 +87,9 @@ export function Inventory(): React.JSX.Element {
             </table>
           </div>
         )}
-      </section>
+      </Panel>
 
-      <section className="panel" aria-labelledby="ds-h">
-        <h2 id="ds-h">
-          Datastores <span className="count">{c.datastores.length}</span>
-        </h2>
+      <Panel id="ds-h" title="Datastores" count={c.datastores.length}>
         {c.datastores.length === 0 ? (
           <p className="muted">No datastores.</p>
         ) : (
@@ -112,7 +101,7 @@ export function Inventory(): React.JSX.Element {
             ))}
           </ul>
         )}
-      </section>
+      </Panel>
     </div>
   );
 }

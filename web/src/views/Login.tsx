@@ -1,5 +1,6 @@
 /** The sign-in page: the cluster token, checked against the manager before it is kept (sessionStorage). */
 import { useState } from "react";
+import { ErrorNote } from "../components/Panel.js";
 
 export function Login({ error, onLogin }: { error: string | undefined; onLogin: (token: string) => Promise<void> }): React.JSX.Element {
   const [token, setToken] = useState("");
@@ -20,11 +21,7 @@ export function Login({ error, onLogin }: { error: string | undefined; onLogin: 
           <span>Cluster token</span>
           <input type="password" name="token" autoComplete="current-password" value={token} onChange={(e) => setToken(e.target.value)} autoFocus required />
         </label>
-        {error !== undefined ? (
-          <p className="error" role="alert" data-testid="login-error">
-            {error}
-          </p>
-        ) : null}
+        <ErrorNote error={error} testId="login-error" />
         <button type="submit" className="primary" disabled={busy || token.trim() === ""}>
           {busy ? "Checking…" : "Sign in"}
         </button>

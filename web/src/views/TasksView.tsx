@@ -6,6 +6,7 @@ import type { TaskKind, TaskState } from "../../../src/cluster/types.js";
 import { useFetched, chosen } from "../useFetched.js";
 import { TaskTable } from "../components/TaskTable.js";
 import { isTaskRow, useCluster, useClusterEvents, useStore } from "../store.js";
+import { ErrorNote, Panel } from "../components/Panel.js";
 
 const STATES: readonly TaskState[] = ["queued", "running", "succeeded", "failed", "cancelled"];
 const KINDS: readonly TaskKind[] = ["vm.create", "vm.start", "vm.stop", "vm.poweroff", "vm.suspend", "vm.migrate", "vm.destroy", "host.maintenance.enter", "host.maintenance.exit", "ha.restart", "drs.apply"];
@@ -41,22 +42,15 @@ export function TasksView({ initial }: { initial: { vm?: string; host?: string }
   const set = <K extends keyof Filter>(k: K, v: Filter[K]): void => setFilter((f) => ({ ...f, [k]: v }));
   const vmNames = [...new Set([...c.vms.map((v) => v.name), ...(filter.vm !== "" ? [filter.vm] : [])])].sort();
   return (
-    <section className="panel" aria-labelledby="tasks-h">
-      <h2 id="tasks-h">
-        Tasks <span className="count">{rows.length}</span>
-      </h2>
+    <Panel id="tasks-h" title="Tasks" count={rows.length}>
       <form className="filters" aria-label="Task filters" onSubmit={(e) => e.preventDefault()}>
         <SelectFilter label="State" name="state" value={filter.state} options={STATES} onChange={(v) => set("state", v)} />
         <SelectFilter label="Kind" name="kind" value={filter.kind} options={KINDS} onChange={(v) => set("kind", v)} />
         <SelectFilter label="VM" name="vm" value={filter.vm} options={vmNames} onChange={(v) => set("vm", v)} />
         <SelectFilter label="Host" name="host" value={filter.host} options={c.hosts.map((h) => h.name)} onChange={(v) => set("host", v)} />
       </form>
-      {error !== undefined ? (
-        <p className="error" role="alert">
-          {error}
-        </p>
-      ) : null}
+      <ErrorNote error={error} />
       <TaskTable tasks={rows} empty={loading ? "Loading…" : "No task matches."} />
-    </section>
+    </Panel>
   );
 }
