@@ -36,7 +36,9 @@ void test("the report names every part of the pause and every round", () => {
   };
   const text = formatReport(r);
   assert.match(text, /web1: host-a -> host-b \(live\)/);
-  assert.match(text, /stop 0\.5 \+ final copy 11\.2 \+ state save 2\.4 \+ transfer 5\.1 \+ restore 5 \+ resume 0\.1 ms/);
+  assert.match(text, /stop 0\.5 \+ state save 2\.4 \+ final copy 11\.2 \+ transfer 5\.1 \+ resume 0\.1 ms \(restore 5 ms, during the final copy\)/);
+  const quick = formatReport({ ...r, mode: "quick", rounds: [] });
+  assert.match(quick, /stop 0\.5 \+ final copy 11\.2 \+ state save 2\.4 \+ transfer 5\.1 \+ restore 5 \+ resume 0\.1 ms/);
   assert.match(text, /50\.8 MB, 32800 pages, 2 rounds \(stopped: converged\)/);
   assert.match(text, /final \(guest paused\)/);
   assert.match(text, /throttle:\s+none/);

@@ -46,7 +46,9 @@ export function formatReport(r: MigrationReport): string {
   const head = keyValues([
     ["migrated", `${r.vm}: ${r.from} -> ${r.to} (${r.mode})`],
     ["total", formatMs(r.totalMs)],
-    ["pause", r.mode === "cold" ? "- (VM was off)" : `${r.downtimeMs.toFixed(1)} ms = stop ${d.stopMs} + final copy ${d.finalCopyMs} + state save ${d.stateSaveMs} + transfer ${d.transferMs} + restore ${d.restoreMs} + resume ${d.resumeMs} ms`],
+    ["pause", r.mode === "cold" ? "- (VM was off)" : r.mode === "live"
+          ? `${r.downtimeMs.toFixed(1)} ms = stop ${d.stopMs} + state save ${d.stateSaveMs} + final copy ${d.finalCopyMs} + transfer ${d.transferMs} + resume ${d.resumeMs} ms (restore ${d.restoreMs} ms, during the final copy)`
+          : `${r.downtimeMs.toFixed(1)} ms = stop ${d.stopMs} + final copy ${d.finalCopyMs} + state save ${d.stateSaveMs} + transfer ${d.transferMs} + restore ${d.restoreMs} + resume ${d.resumeMs} ms`],
     ["sent", `${mb(r.bytes)} MB, ${r.pages} pages, ${r.rounds.length} rounds${r.stopReason !== undefined ? ` (stopped: ${r.stopReason})` : ""}`],
     ["throttle", r.throttleMax > 0 ? `up to ${r.throttleMax}% (guest stunned ${formatMs(r.stunnedMs)})` : "none"],
   ]);

@@ -278,6 +278,7 @@ void describe("migration between host agents with real guests", { timeout: 15 * 
     { name: "zero-page bitmap corrupted", fault: { action: "corrupt", command: Command.ZeroPages, nth: 3 } },
     { name: "connection dropped before the state", fault: { action: "drop-before", command: Command.State } },
     { name: "state frame corrupted", fault: { action: "corrupt", command: Command.State } },
+    { name: "connection dropped after the target restored the state, during the final round", fault: { action: "drop-after", command: Command.State } },
     { name: "COMPLETE corrupted", fault: { action: "corrupt", command: Command.Complete } },
   ];
   for (const { name, fault } of faults) {

@@ -17,6 +17,7 @@ import {
   MigrationError,
   MigrationProtocolError,
   PageEncoding,
+  PROTOCOL_VERSION,
   verifyProof,
   type Frame,
   type Message,
@@ -181,7 +182,7 @@ void test("payloads are validated per command", () => {
     "MIGRATION_CORRUPT_FRAME",
   );
   // The version is checked before anything else in HELLO and HELLO_ACK.
-  for (const v of [0, 2, "1", null]) {
+  for (const v of [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, String(PROTOCOL_VERSION), null]) {
     assert.equal(
       codeOf(() => decodeMessage(frame(Command.Hello, JSON.stringify({ protocolVersion: v })))),
       "MIGRATION_VERSION_MISMATCH",
@@ -192,7 +193,7 @@ void test("payloads are validated per command", () => {
     );
   }
   assert.equal(
-    codeOf(() => decodeMessage(frame(Command.Hello, JSON.stringify({ protocolVersion: 1 })))),
+    codeOf(() => decodeMessage(frame(Command.Hello, JSON.stringify({ protocolVersion: PROTOCOL_VERSION })))),
     "MIGRATION_CORRUPT_FRAME",
   );
 });

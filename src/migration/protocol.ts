@@ -5,7 +5,7 @@
  *
  *   offset 0  u16  magic 0x4850, bytes 0x48 0x50 ("HP")
  *          2  u8   command (see Command; 0 is invalid)
- *          3  u8   flags (0 in protocol version 1; anything else is rejected)
+ *          3  u8   flags (0: no flag is defined; anything else is rejected)
  *          4  u32  payload length (at most MAX_PAYLOAD_BYTES = 64 MiB)
  *          8  u32  CRC-32 (IEEE 802.3, as zlib) over bytes 0..7 and then the payload
  *         12  ...  payload
@@ -19,7 +19,7 @@ import * as zlib from "node:zlib";
 import { z } from "zod";
 import { HopError } from "../common/errors.js";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const FRAME_MAGIC = 0x4850;
 export const FRAME_HEADER_BYTES = 12;
 export const MAX_PAYLOAD_BYTES = 64 * 1024 * 1024;

@@ -6,7 +6,8 @@
  *   AwaitHello --HELLO--> AwaitConfig --CONFIG--> Preparing --prepared()--> Prepared
  *   Prepared/BetweenRounds --MEMORY_ROUND_BEGIN--> InRound --PAGES*--> InRound
  *   InRound --MEMORY_ROUND_END--> BetweenRounds --STATE--> StateReceived
- *   StateReceived --COMPLETE--> Resuming --resumed()--> Resumed
+ *   StateReceived --MEMORY_ROUND_BEGIN--> FinalRound --PAGES*--> FinalRound
+ *   FinalRound --MEMORY_ROUND_END--> FinalRoundDone --COMPLETE--> Resuming --resumed()--> Resumed
  *   any state before Resuming --ABORT / ERROR / failure / connection lost--> Aborted
  *
  * Driver contract: handle one frame at a time; carry out the returned actions in order, then send
@@ -47,6 +48,8 @@ export type ReceiverStateName =
   | "InRound"
   | "BetweenRounds"
   | "StateReceived"
+  | "FinalRound"
+  | "FinalRoundDone"
   | "Resuming"
   | "Resumed"
   | "Aborted";
@@ -59,7 +62,9 @@ export const RECEIVER_ACCEPTS: Readonly<Record<ReceiverStateName, readonly Comma
   Prepared: [Command.MemoryRoundBegin],
   InRound: [Command.Pages, Command.ZeroPages, Command.MemoryRoundEnd],
   BetweenRounds: [Command.MemoryRoundBegin, Command.State],
-  StateReceived: [Command.Complete],
+  StateReceived: [Command.MemoryRoundBegin],
+  FinalRound: [Command.Pages, Command.ZeroPages, Command.MemoryRoundEnd],
+  FinalRoundDone: [Command.Complete],
   Resuming: [],
   Resumed: [],
   Aborted: [],
@@ -223,7 +228,7 @@ export class ReceiverStateMachine {
           this.nextRound++;
           this.roundPages = 0;
           this.roundBytes = 0;
-          this.st = "InRound";
+          this.st = state === "StateReceived" ? "FinalRound" : "InRound";
           return nothing();
         }
         case Command.Pages: {
@@ -277,7 +282,7 @@ export class ReceiverStateMachine {
             );
           }
           this.stats.rounds++;
-          this.st = "BetweenRounds";
+          this.st = state === "FinalRound" ? "FinalRoundDone" : "BetweenRounds";
           return { replies: [], actions: [{ kind: "roundComplete", round: m.round, pages: m.pages, bytes: m.bytes }] };
         }
         case Command.State: {

@@ -40,7 +40,11 @@ export interface MigrationProgress {
   message?: string;
 }
 
-/** Where the pause went (ms). Only the phases the mode has are non-zero. */
+/**
+ * Where the pause went (ms). Only the phases the mode has are non-zero. Live: the phases add
+ * up in the order stop, state save, final copy, transfer, resume; the target's restore runs
+ * during the final copy and is not part of the sum.
+ */
 export interface DowntimeBreakdown {
   stopMs: number;
   finalCopyMs: number;

@@ -5,7 +5,11 @@
  *
  *   Init --hello()--> AwaitHelloAck --HELLO_ACK (proof ok; CONFIG sent)--> AwaitConfigAck
  *   AwaitConfigAck --CONFIG_ACK--> Ready --beginRound()--> InRound --pages()*, endRound()--> Ready
- *   Ready --sendState()--> StateSent --complete()--> AwaitResumed --RESUMED--> Done
+ *   Ready --sendState()--> StateSent --beginRound()--> FinalRound --pages()*, endRound()--> FinalRoundSent
+ *   FinalRoundSent --complete()--> AwaitResumed --RESUMED--> Done
+ *
+ * STATE goes before the final round (the guest is paused for both): the target restores CPU and
+ * devices while the source is still looking for the last dirty pages.
  *   before complete(): ERROR / ABORT / failure / connection lost --> Aborted (source may resume)
  *   AwaitResumed: connection lost / garbage / timeout --> Uncertain (source stays paused; resolve())
  *   AwaitResumed: ERROR from the target --> Aborted (the target fenced itself before saying so)
@@ -42,7 +46,19 @@ import {
   type VmMigrationConfig,
 } from "./protocol.js";
 
-export type SenderStateName = "Init" | "AwaitHelloAck" | "AwaitConfigAck" | "Ready" | "InRound" | "StateSent" | "AwaitResumed" | "Done" | "Aborted" | "Uncertain";
+export type SenderStateName =
+  | "Init"
+  | "AwaitHelloAck"
+  | "AwaitConfigAck"
+  | "Ready"
+  | "InRound"
+  | "StateSent"
+  | "FinalRound"
+  | "FinalRoundSent"
+  | "AwaitResumed"
+  | "Done"
+  | "Aborted"
+  | "Uncertain";
 
 /** Replies each state accepts besides PING/PONG (all live states) and ERROR/ABORT (until Done). */
 export const SENDER_ACCEPTS: Readonly<Record<SenderStateName, readonly Command[]>> = {
@@ -52,13 +68,17 @@ export const SENDER_ACCEPTS: Readonly<Record<SenderStateName, readonly Command[]
   Ready: [],
   InRound: [],
   StateSent: [],
+  FinalRound: [],
+  FinalRoundSent: [],
   AwaitResumed: [Command.Resumed],
   Done: [],
   Aborted: [],
   Uncertain: [],
 };
 
-const PRE_COMMIT: ReadonlySet<SenderStateName> = new Set(["Init", "AwaitHelloAck", "AwaitConfigAck", "Ready", "InRound", "StateSent"]);
+const PRE_COMMIT: ReadonlySet<SenderStateName> = new Set(["Init", "AwaitHelloAck", "AwaitConfigAck", "Ready", "InRound", "StateSent", "FinalRound", "FinalRoundSent"]);
+/** States in which a memory round is open. */
+const IN_ROUND: readonly SenderStateName[] = ["InRound", "FinalRound"];
 
 export interface SenderOptions {
   token: string;
@@ -206,12 +226,13 @@ export class SenderStateMachine {
     }
   }
 
+  /** A pre-copy round (Ready) or the final round (StateSent, the guest paused). */
   beginRound(): Buffer {
-    this.require("begin a memory round", "Ready");
+    this.require("begin a memory round", "Ready", "StateSent");
     this.round++;
     this.roundPages = 0;
     this.roundBytes = 0;
-    this.st = "InRound";
+    this.st = this.st === "StateSent" ? "FinalRound" : "InRound";
     return encodeMessage({ cmd: Command.MemoryRoundBegin, round: this.round });
   }
 
@@ -228,7 +249,7 @@ export class SenderStateMachine {
   }
 
   private countPages(payload: Buffer): void {
-    this.require("send PAGES", "InRound");
+    this.require("send PAGES", ...IN_ROUND);
     if (payload.length < PAGES_HEADER_BYTES) throw new MigrationStateError("PAGES payload is shorter than its header");
     const round = payload.readUInt32LE(0);
     if (round !== this.round) throw new MigrationStateError(`PAGES payload is for round ${round}, but round ${this.round} is in progress`);
@@ -241,7 +262,7 @@ export class SenderStateMachine {
 
   /** A ZERO_PAGES frame: the zero pages among [firstPage, firstPage + count) as a bitmap (bit set = zero). */
   zeroPages(firstPage: number, count: number, bitmap: Uint8Array): Buffer {
-    this.require("send ZERO_PAGES", "InRound");
+    this.require("send ZERO_PAGES", ...IN_ROUND);
     if (firstPage + count > this.pageCount) throw new MigrationStateError(`ZERO_PAGES [${firstPage}, ${firstPage + count}) is outside the VM's ${this.pageCount} pages`);
     const payload = encodeZeroPagesPayload(this.round, firstPage, count, bitmap);
     const n = bitmapPopcount(bitmap, count);
@@ -253,13 +274,13 @@ export class SenderStateMachine {
   }
 
   endRound(): Buffer {
-    this.require("end a memory round", "InRound");
-    this.st = "Ready";
+    this.require("end a memory round", ...IN_ROUND);
+    this.st = this.st === "FinalRound" ? "FinalRoundSent" : "Ready";
     this.stats.roundsDone++;
     return encodeMessage({ cmd: Command.MemoryRoundEnd, round: this.round, pages: this.roundPages, bytes: this.roundBytes });
   }
 
-  /** CPU and device state (the source guest must be paused and its last dirty pages sent). */
+  /** CPU and device state (the source guest must be paused); the final round follows. */
   sendState(state: Uint8Array, guestClockMs: number, pausedAtMs: number, engineClockMs?: number): Buffer {
     this.require("send STATE", "Ready");
     if (this.stats.roundsDone === 0) throw new MigrationStateError("STATE before any memory round");
@@ -269,7 +290,7 @@ export class SenderStateMachine {
 
   /** The commit point: from here on the source must not resume on its own. */
   complete(): Buffer {
-    this.require("send COMPLETE", "StateSent");
+    this.require("send COMPLETE", "FinalRoundSent");
     this.st = "AwaitResumed";
     return encodeMessage({ cmd: Command.Complete });
   }

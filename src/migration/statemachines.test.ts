@@ -12,6 +12,7 @@ import {
   MigrationError,
   PAGE_SIZE,
   PageEncoding,
+  PROTOCOL_VERSION,
   type Frame,
   type Message,
 } from "./protocol.js";
@@ -64,7 +65,7 @@ function fullRound(tx: SenderStateMachine, rx: ReceiverStateMachine): void {
 /** Drives a sender/receiver pair until the receiver is in `target`. */
 function receiverIn(target: ReceiverStateName): { tx: SenderStateMachine; rx: ReceiverStateMachine } {
   const { tx, rx } = newPair();
-  const order: ReceiverStateName[] = ["AwaitHello", "AwaitConfig", "Preparing", "Prepared", "InRound", "BetweenRounds", "StateReceived", "Resuming", "Resumed"];
+  const order: ReceiverStateName[] = ["AwaitHello", "AwaitConfig", "Preparing", "Prepared", "InRound", "BetweenRounds", "StateReceived", "FinalRound", "FinalRoundDone", "Resuming", "Resumed"];
   if (target === "Aborted") {
     const p = receiverIn("Prepared");
     p.rx.handle(one(p.tx.abort("test")[0]!));
@@ -90,6 +91,8 @@ function receiverIn(target: ReceiverStateName): { tx: SenderStateMachine; rx: Re
       rx.handle(one(tx.endRound()));
     },
     () => rx.handle(one(tx.sendState(Buffer.from("state"), 1, 2))),
+    () => rx.handle(one(tx.beginRound())),
+    () => rx.handle(one(tx.endRound())),
     () => rx.handle(one(tx.complete())),
     () => replyToSender(tx, rx, rx.resumed(3)),
   ];
@@ -98,7 +101,7 @@ function receiverIn(target: ReceiverStateName): { tx: SenderStateMachine; rx: Re
   return { tx, rx };
 }
 
-const RX_STATES: ReceiverStateName[] = ["AwaitHello", "AwaitConfig", "Preparing", "Prepared", "InRound", "BetweenRounds", "StateReceived", "Resuming", "Resumed", "Aborted"];
+const RX_STATES: ReceiverStateName[] = ["AwaitHello", "AwaitConfig", "Preparing", "Prepared", "InRound", "BetweenRounds", "StateReceived", "FinalRound", "FinalRoundDone", "Resuming", "Resumed", "Aborted"];
 
 void test("receiver: every out-of-order command is rejected in every state, naming both", () => {
   let checked = 0;
@@ -158,7 +161,7 @@ void test("receiver: PING is answered in every live state; ABORT and ERROR abort
   }
 });
 
-const TX_STATES: SenderStateName[] = ["Init", "AwaitHelloAck", "AwaitConfigAck", "Ready", "InRound", "StateSent", "AwaitResumed", "Done", "Aborted", "Uncertain"];
+const TX_STATES: SenderStateName[] = ["Init", "AwaitHelloAck", "AwaitConfigAck", "Ready", "InRound", "StateSent", "FinalRound", "FinalRoundSent", "AwaitResumed", "Done", "Aborted", "Uncertain"];
 
 function senderIn(target: SenderStateName): SenderStateMachine {
   const { tx, rx } = newPair();
@@ -181,6 +184,10 @@ function senderIn(target: SenderStateName): SenderStateMachine {
   fullRound(tx, rx);
   rx.handle(one(tx.sendState(Buffer.from("s"), 1, 2)));
   if (target === "StateSent") return tx;
+  rx.handle(one(tx.beginRound()));
+  if (target === "FinalRound") return tx;
+  rx.handle(one(tx.endRound()));
+  if (target === "FinalRoundSent") return tx;
   rx.handle(one(tx.complete()));
   if (target === "AwaitResumed") return tx;
   if (target === "Uncertain") {
@@ -234,6 +241,10 @@ void test("sender: steps out of order are refused locally (MIGRATION_INVALID_STE
   invalid(() => senderIn("Ready").endRound(), "end without begin");
   invalid(() => senderIn("InRound").sendState(Buffer.alloc(1), 0, 0), "STATE inside a round");
   invalid(() => senderIn("Ready").complete(), "COMPLETE before STATE");
+  invalid(() => senderIn("StateSent").complete(), "COMPLETE before the final round");
+  invalid(() => senderIn("FinalRound").complete(), "COMPLETE inside the final round");
+  invalid(() => senderIn("FinalRoundSent").beginRound(), "a round after the final round");
+  invalid(() => senderIn("FinalRound").sendState(Buffer.alloc(1), 0, 0), "STATE twice");
   invalid(() => senderIn("InRound").pages(encodePagesPayload(7, [])), "PAGES of another round");
   invalid(() => senderIn("Ready").pages(encodePagesPayload(0, [])), "PAGES outside a round");
   invalid(() => senderIn("AwaitResumed").abort("no"), "abort after COMPLETE");
@@ -302,10 +313,10 @@ void test("versions: another protocol or engine version is refused, and the sour
   {
     const { tx, rx } = newPair();
     tx.hello();
-    const v2 = encodeFrame(Command.Hello, Buffer.from(JSON.stringify({ protocolVersion: 2, engineVersion: TEST_ENGINE, anything: "new" })));
+    const v2 = encodeFrame(Command.Hello, Buffer.from(JSON.stringify({ protocolVersion: PROTOCOL_VERSION + 1, engineVersion: TEST_ENGINE, anything: "new" })));
     const s = rx.handle(one(v2));
     assert.equal(s.error?.code, "MIGRATION_VERSION_MISMATCH");
-    assert.match(s.error.message, /version 2.*version 1/);
+    assert.match(s.error.message, new RegExp(`version ${PROTOCOL_VERSION + 1}.*version ${PROTOCOL_VERSION}`));
     // The source, reading the ERROR, reports the target's code.
     const back = tx.handle(one(s.replies[0]!));
     assert.equal(back.error?.code, "MIGRATION_VERSION_MISMATCH");
@@ -322,11 +333,11 @@ void test("versions: another protocol or engine version is refused, and the sour
     // The source checks the target's versions too.
     const tx = newPair().tx;
     tx.hello();
-    const ack = encodeFrame(Command.HelloAck, Buffer.from(JSON.stringify({ protocolVersion: 3 })));
+    const ack = encodeFrame(Command.HelloAck, Buffer.from(JSON.stringify({ protocolVersion: PROTOCOL_VERSION + 1 })));
     assert.equal(tx.handle(one(ack)).error?.code, "MIGRATION_VERSION_MISMATCH");
     const tx2 = newPair().tx;
     tx2.hello();
-    const ack2 = encodeMessage({ cmd: Command.HelloAck, protocolVersion: 1, engineVersion: "v86 9", serverNonce: "00".repeat(32), proof: "00".repeat(32) });
+    const ack2 = encodeMessage({ cmd: Command.HelloAck, protocolVersion: PROTOCOL_VERSION, engineVersion: "v86 9", serverNonce: "00".repeat(32), proof: "00".repeat(32) });
     assert.equal(tx2.handle(one(ack2)).error?.code, "MIGRATION_ENGINE_MISMATCH");
   }
 });
@@ -433,8 +444,8 @@ void test("after COMPLETE: the target never aborts a resumed VM; the source reso
     assert.equal(tx.sourceMayResume, true);
   }
   {
-    // The connection drops after STATE: the target aborts; a source that had sent COMPLETE asks, and the fence answers "aborted".
-    const { tx, rx } = receiverIn("StateReceived");
+    // The connection drops after the final round: the target aborts; a source that had sent COMPLETE asks, and the fence answers "aborted".
+    const { tx, rx } = receiverIn("FinalRoundDone");
     const complete = tx.complete(); // lost on the way
     assert.deepEqual(rx.connectionLost().actions.map((a) => a.kind), ["abort"]);
     const lost = tx.connectionLost();

@@ -1,6 +1,6 @@
 /** Helpers shared by the migration tests (not part of the public API). */
 import { lz4CompressBlock } from "./lz4.js";
-import { Command, encodeMessage, FrameDecoder, PAGE_SIZE, PageEncoding, type Frame, type Message, type VmMigrationConfig } from "./protocol.js";
+import { Command, encodeMessage, FrameDecoder, PAGE_SIZE, PageEncoding, PROTOCOL_VERSION, type Frame, type Message, type VmMigrationConfig } from "./protocol.js";
 
 export { seededRandom } from "../common/random.js";
 
@@ -26,8 +26,8 @@ export function sampleMessages(): Message[] {
   const lz4Buf = Buffer.alloc(PAGE_SIZE);
   const lz4 = lz4Buf.subarray(0, lz4CompressBlock(page, lz4Buf, 0, PAGE_SIZE));
   return [
-    { cmd: Command.Hello, protocolVersion: 1, engineVersion: TEST_ENGINE, migrationId: "mig-1", vmUuid: testConfig().uuid, clientNonce: nonce },
-    { cmd: Command.HelloAck, protocolVersion: 1, engineVersion: TEST_ENGINE, serverNonce: nonce, proof: "cd".repeat(32) },
+    { cmd: Command.Hello, protocolVersion: PROTOCOL_VERSION, engineVersion: TEST_ENGINE, migrationId: "mig-1", vmUuid: testConfig().uuid, clientNonce: nonce },
+    { cmd: Command.HelloAck, protocolVersion: PROTOCOL_VERSION, engineVersion: TEST_ENGINE, serverNonce: nonce, proof: "cd".repeat(32) },
     { cmd: Command.Config, proof: "ef".repeat(32), config: testConfig() },
     { cmd: Command.ConfigAck, pageCount: 256 },
     { cmd: Command.MemoryRoundBegin, round: 0 },
