@@ -3,7 +3,10 @@ import { createRequire } from "node:module";
 import { checkEngineClock, continueEngineClock, engineNow } from "./clock.js";
 import { V86 } from "v86";
 import { EngineInitError, EngineStateError } from "./errors.js";
-import { cpuOf, installIdleScheduler, installJitGate, keepingRam, ramView, selfTest, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+import { cpuOf, installIdleScheduler, installJitGate, keepingRam, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+
+/** Beyond this pause the guest's TSC is not moved on (see continueTsc): the guest agent sets the clock instead. */
+export const MAX_TSC_CATCH_UP_MS = 10_000;
 
 const require = createRequire(import.meta.url);
 const wasmPath = require.resolve("v86/build/v86.wasm");
@@ -154,6 +157,26 @@ export class Engine {
   /** Continues the clock of an engine whose state was saved at clock `savedClockMs`, wall time `savedAtMs`. */
   continueClock(savedClockMs: number, savedAtMs: number): void {
     continueEngineClock(savedClockMs, savedAtMs);
+  }
+
+  /**
+   * After restoring a state saved at engine clock `savedClockMs` (and continueClock()): moves
+   * the guest's time-stamp counter on by the time the engine clock ran since, as if the guest
+   * had been paused in place. v86 restores the TSC as it was saved, so without this the guest's
+   * clock (Linux keeps time by the TSC) lags by every move's pause. Returns the ms added: 0 when
+   * the pause is longer than MAX_TSC_CATCH_UP_MS (a jump of hours could upset the guest's
+   * timekeeping; the guest agent sets the clock then).
+   */
+  continueTsc(savedClockMs: number): number {
+    const ms = engineNow() - savedClockMs;
+    if (!(ms > 0) || ms > MAX_TSC_CATCH_UP_MS) return 0;
+    advanceTsc(cpuOf(this.emu), BigInt(Math.round(ms * TSC_PER_MS)));
+    return ms;
+  }
+
+  /** The guest's time-stamp counter (tests). */
+  tsc(): bigint {
+    return readTsc(cpuOf(this.emu));
   }
 
   /** A raw view of guest RAM; re-derive it after anything that may grow wasm memory. */

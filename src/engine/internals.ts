@@ -23,6 +23,11 @@ export interface V86Cpu {
   is_memory_zeroed: (addr: number, length: number) => boolean;
   unpack_memory: (bitmap: unknown, packed: unknown) => void;
   instruction_counter: Uint32Array | Float64Array;
+  /** Writes the guest's time-stamp counter into current_tsc (low, high 32 bits). */
+  store_current_tsc: () => void;
+  current_tsc: Uint32Array;
+  /** Sets the guest's time-stamp counter (it counts on from there at TSC_PER_MS). */
+  set_tsc: (low: number, high: number) => void;
   /** v86's JIT settings; index 0 is "JIT disabled": no new code is compiled (compiled code still runs). */
   set_jit_config: (index: number, value: number) => void;
   devices: { virtio_net?: { mac: Uint8Array }; ne2k?: { mac: Uint8Array } };
@@ -84,6 +89,42 @@ export async function keepingRam<T>(cpu: V86Cpu, fn: () => Promise<T>): Promise<
   }
 }
 
+/** v86's time-stamp counter runs at 1 GHz of the engine clock (TSC_RATE in its cpu.rs). */
+export const TSC_PER_MS = 1_000_000;
+
+/** The guest's time-stamp counter now. */
+export function readTsc(cpu: V86Cpu): bigint {
+  cpu.store_current_tsc();
+  const t = cpu.current_tsc; // a getter that builds a new array each call: read once
+  return (BigInt(t[1]!) << 32n) | BigInt(t[0]!);
+}
+
+const U64 = (1n << 64n) - 1n;
+
+/**
+ * Moves the guest's time-stamp counter by `ticks` (may be negative). v86's set_tsc(v) is not
+ * absolute: it sets its offset to (clock - offset) - v, so the counter reads v plus the old
+ * offset. Two calls cancel the offset: after set_tsc(0) and set_tsc(d) the counter reads what it
+ * would have read, plus d (less the sub-microsecond between the calls). selfTest checks this.
+ */
+export function advanceTsc(cpu: V86Cpu, ticks: bigint): void {
+  const d = ticks & U64;
+  cpu.set_tsc(0, 0);
+  cpu.set_tsc(Number(d & 0xffffffffn), Number(d >> 32n));
+}
+
+/** Checks that advanceTsc moves the counter by what it is asked (and puts it back). */
+function checkAdvanceTsc(cpu: V86Cpu): void {
+  const step = BigInt(1000 * TSC_PER_MS);
+  const before = readTsc(cpu);
+  advanceTsc(cpu, step);
+  const moved = readTsc(cpu) - before;
+  advanceTsc(cpu, -step);
+  const error = moved - step;
+  // Allow the clock to move between the reads (up to 50 ms on a busy machine).
+  if (error < 0n || error > BigInt(50 * TSC_PER_MS)) throw new EngineSelfTestError(`cpu.set_tsc does not behave as expected: asked to move the TSC by ${step}, it moved by ${moved}`);
+}
+
 /** Checks every internal this module relies on. Throws EngineSelfTestError. */
 export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
   const cpu = emulator.v86?.cpu;
@@ -93,6 +134,8 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
   if (typeof cpu.unpack_memory !== "function") throw new EngineSelfTestError("cpu.unpack_memory is not a function");
   if (typeof emulator.bus?.send !== "function") throw new EngineSelfTestError("emulator.bus is missing");
   if (typeof cpu.set_jit_config !== "function") throw new EngineSelfTestError("cpu.set_jit_config is not a function");
+  if (typeof cpu.store_current_tsc !== "function" || typeof cpu.set_tsc !== "function") throw new EngineSelfTestError("cpu.store_current_tsc / cpu.set_tsc are missing");
+  checkAdvanceTsc(cpu);
   if (typeof emulator.v86.yield !== "function" || typeof emulator.v86.yield_callback !== "function") {
     throw new EngineSelfTestError("the emulator's yield/yield_callback scheduler hooks are missing");
   }

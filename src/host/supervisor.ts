@@ -13,7 +13,7 @@ import { withFileLock } from "../common/lock.js";
 import { adoptRequestSchema, type AdoptRequest } from "../cluster/protocol.js";
 import { createDataDisk, Datastore } from "../storage/index.js";
 import { PAGE_SIZE, type MigrationReport } from "../migration/index.js";
-import type { MigrateOutResult } from "../vm/ipc.js";
+import type { MigrateOutResult, WarmMessage, WarmupSpec } from "../vm/ipc.js";
 import { adoptedConfig, incomingRequestSchema, migrateRequestSchema, MigrationListener, type IncomingOutcome, type IncomingRequest, type IncomingTicket, type MigratePeerResolver, type MigrateRequest } from "./migration.js";
 import { ApiError } from "./client.js";
 import { randomMac, vmCreateSchema, vmNameSchema, type VmConfig, type VmCreateRequest } from "../vm/config.js";
@@ -27,8 +27,8 @@ import { HostNetwork, type HostNetworkOptions, type NetworkDetail, type NetworkI
 import type { ChildProcess } from "node:child_process";
 import { z } from "zod";
 
-/** After an incoming migration takes the spare VM process, how long until the next one is forked. */
-const SPARE_FORK_DELAY_MS = 3_000;
+/** After an incoming migration that took the spare VM process has ended, how long until the next one is forked. */
+const SPARE_FORK_DELAY_MS = 500;
 
 function ms(t0: number): number {
   return roundMs(performance.now() - t0);
@@ -129,34 +129,60 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     this.net = new HostNetwork({ ...opts.network, dir: this.datastore.resolvePath("networks"), log: this.log });
   }
 
-  /** A pre-forked VM process for the next start (and fork the one after it). */
-  private takeSpare(opts: { forkNextAfterMs?: number } = {}): ChildProcess | undefined {
+  /**
+   * A pre-forked VM process for the next start. The one after it is forked at once, or, for
+   * an incoming migration (`forkNext: false`), by scheduleSpare() once that migration is over:
+   * its switchover should not compete for the CPU with Node starting up.
+   */
+  private takeSpare(opts: { forkNext?: boolean } = {}): ChildProcess | undefined {
     const spare = this.spare;
     this.spare = undefined;
-    // The next spare: at once for starts; a little later for an incoming migration, whose
-    // switchover should not compete for the CPU with Node starting up.
-    if (!this.closing && this.spareTimer === undefined) {
-      const fork = (): void => {
-        this.spareTimer = undefined;
-        if (this.closing || this.spare !== undefined) return;
-        const next = forkVmProcess();
-        next.unref();
-        next.channel?.unref();
-        next.on("error", () => undefined);
-        this.spare = next;
-      };
-      const delay = opts.forkNextAfterMs ?? 0;
-      if (delay === 0) fork();
-      else {
-        this.spareTimer = setTimeout(fork, delay);
-        this.spareTimer.unref();
-      }
-    }
+    if (opts.forkNext !== false) this.scheduleSpare(0);
     if (spare !== undefined) {
       spare.ref();
       spare.channel?.ref();
     }
     return spare;
+  }
+
+  /** Forks the next spare VM process after `delayMs` (unless there is one), and warms its engine code. */
+  private scheduleSpare(delayMs: number): void {
+    if (this.closing || this.spareTimer !== undefined || this.spare !== undefined) return;
+    const fork = (): void => {
+      this.spareTimer = undefined;
+      if (this.closing || this.spare !== undefined) return;
+      const next = forkVmProcess();
+      next.unref();
+      next.channel?.unref();
+      next.on("error", () => undefined);
+      this.spare = next;
+      void this.warmSpare(next);
+    };
+    if (delayMs === 0) fork();
+    else {
+      this.spareTimer = setTimeout(fork, delayMs);
+      this.spareTimer.unref();
+    }
+  }
+
+  /** The template to warm VM processes with, once the image is built and a template is cached. */
+  private async warmupSpec(): Promise<WarmupSpec | undefined> {
+    const image = this.image;
+    if (image === undefined) return undefined;
+    try {
+      return await this.templates.warmup(await image);
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async warmSpare(child: ChildProcess): Promise<void> {
+    const spec = await this.warmupSpec();
+    if (spec === undefined || this.spare !== child || !child.connected) return;
+    const msg: WarmMessage = { t: "warm", spec };
+    child.send(msg, (err) => {
+      if (err !== null) this.log.debug({ err }, "warming the spare VM process failed");
+    });
   }
 
   /** Loads the VMs defined on the datastore (they start powered off). */
@@ -779,8 +805,12 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       const base = await this.baseInit(config);
       if (r.mode === "quick") {
         // Phase one: a VM process with its engine ready, waiting for the saved state (commitIncoming).
-        const proc = new VmProcessHandle({ ...base, start: { mode: "awaitState" } }, this.takeSpare({ forkNextAfterMs: SPARE_FORK_DELAY_MS }));
+        const warmup = await this.warmupSpec();
+        const proc = new VmProcessHandle({ ...base, ...(warmup !== undefined ? { warmup } : {}), start: { mode: "awaitState" } }, this.takeSpare({ forkNext: false }));
         entry.proc = proc;
+        const forkNext = (): void => this.scheduleSpare(SPARE_FORK_DELAY_MS);
+        proc.once("ready", forkNext);
+        proc.once("exit", forkNext);
         this.attach(rec, proc);
         this.net.attachVm(config, proc, "standby");
         proc.on("exit", () => {
@@ -794,9 +824,11 @@ export class LocalSupervisor implements Supervisor, NetworkService {
         return { host: this.hostName, ...this.vtepTicket() };
       }
       if (this.migrationAddr === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} has no migration listener`, { status: 409 });
+      const warmup = await this.warmupSpec();
       const proc = new VmProcessHandle(
         {
           ...base,
+          ...(warmup !== undefined ? { warmup } : {}),
           start: {
             mode: "incoming",
             migrationId: r.migrationId,
@@ -805,9 +837,12 @@ export class LocalSupervisor implements Supervisor, NetworkService {
             expect: { migrationId: r.migrationId, vmUuid: config.uuid, name: config.name, memoryMiB: config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", disk: config.disk !== undefined },
           },
         },
-        this.takeSpare({ forkNextAfterMs: SPARE_FORK_DELAY_MS }),
+        this.takeSpare({ forkNext: false }),
       );
       entry.proc = proc;
+      const forkNext = (): void => this.scheduleSpare(SPARE_FORK_DELAY_MS);
+      proc.once("migratedIn", forkNext);
+      proc.once("exit", forkNext);
       this.attach(rec, proc);
       this.net.attachVm(config, proc, "standby");
       proc.on("migratedIn", () => {
@@ -1216,6 +1251,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     rec.expectingExit = false;
     proc.on("console", (chunk: Buffer) => rec.console.push(chunk));
     proc.on("fatal", (e: { message: string }) => (rec.lastError = e.message));
+    proc.on("warmed", (w: { ms: number; error?: string }) => this.log.debug({ vm: rec.config.name, ms: w.ms, ...(w.error !== undefined ? { error: w.error } : {}) }, "VM process warmed"));
     proc.on("exit", (code: number | null, signal: NodeJS.Signals | null) => {
       if (rec.proc !== proc || rec.gone === true) return;
       rec.proc = undefined;

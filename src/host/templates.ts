@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { access, mkdir, open } from "node:fs/promises";
+import { access, mkdir, open, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { HopError } from "../common/errors.js";
 import { withFileLock } from "../common/lock.js";
@@ -7,7 +7,8 @@ import type { Logger } from "../common/log.js";
 import { DEFAULT_VGA_KIB, ENGINE_VERSION } from "../engine/constants.js";
 import type { NicModel } from "../engine/index.js";
 import { kernelCmdline, type GuestImage } from "../image/index.js";
-import type { ImagePaths } from "../vm/ipc.js";
+import { readStateHeader } from "../storage/index.js";
+import type { ImagePaths, WarmupSpec } from "../vm/ipc.js";
 import { VmProcessHandle } from "./vmproc.js";
 
 /** Bump when what a template boots with changes in a way the image hash does not cover. */
@@ -43,8 +44,35 @@ export function defaultProfile(memoryMiB: number, diskMiB: number | undefined): 
  */
 export class TemplateStore {
   private readonly building = new Map<string, Promise<string>>();
+  private warmupPath: string | undefined;
 
   constructor(private readonly cacheDir: string, private readonly log: Logger) {}
+
+  /**
+   * A cached template to warm VM processes with (src/vm/warmup.ts): the newest one of this
+   * image and engine without a disk, whatever its memory size; undefined while there is none.
+   * Only headers are read here; the VM process checks the whole file.
+   */
+  async warmup(image: GuestImage): Promise<WarmupSpec | undefined> {
+    if (this.warmupPath === undefined) {
+      const dir = join(this.cacheDir, "templates");
+      let best: { path: string; mtimeMs: number } | undefined;
+      for (const name of await readdir(dir).catch(() => [] as string[])) {
+        if (!name.endsWith(".hopstate")) continue;
+        const path = join(dir, name);
+        try {
+          const h = await readStateHeader(path);
+          if (h.kind !== "template" || h.disk || h.engine !== ENGINE_VERSION || h.imageHash !== image.hash) continue;
+          const { mtimeMs } = await stat(path);
+          if (best === undefined || mtimeMs > best.mtimeMs) best = { path, mtimeMs };
+        } catch {
+          // a template being written, or a stale one: not for warming
+        }
+      }
+      this.warmupPath = best?.path;
+    }
+    return this.warmupPath !== undefined ? { statePath: this.warmupPath, bios: image.bios, vgabios: image.vgabios } : undefined;
+  }
 
   key(image: GuestImage, p: TemplateProfile): string {
     return createHash("sha256")
@@ -103,6 +131,7 @@ export class TemplateStore {
           60_000,
         );
         this.log.info({ key, ms: Date.now() - t0 }, "template state saved");
+        if (profile.diskMiB === undefined) this.warmupPath = statePath;
         return statePath;
       } finally {
         if (!proc.exited) {

@@ -155,6 +155,9 @@ export class VmProcessHandle extends EventEmitter {
       case "migrationAborted":
         this.emit("migrationAborted", msg);
         return;
+      case "warmed":
+        this.emit("warmed", msg);
+        return;
       case "frame":
         this.onFrame?.(Buffer.isBuffer(msg.data) ? msg.data : Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength), msg.bounced === true);
         return;

@@ -167,6 +167,7 @@ export class LiveMigrationTarget {
         // Device timers were set against the source engine's clock: continue it here.
         if (a.engineClockMs !== undefined) this.vm.continueClock(a.engineClockMs, a.pausedAtMs);
         await this.vm.restoreStateKeepingRam(copy);
+        if (a.engineClockMs !== undefined) this.vm.continueTsc(a.engineClockMs);
         this.restoreMs = monotonicMs() - t0;
         return undefined;
       }

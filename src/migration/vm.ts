@@ -22,6 +22,8 @@ export interface Clocked {
   clockMs(): number;
   /** Continue from `savedClockMs`, read when the wall clock said `savedAtMs`, counting the pause. */
   continueClock(savedClockMs: number, savedAtMs: number): void;
+  /** After the restore: the guest's own clock (its TSC) counts the pause too. Returns the ms added. */
+  continueTsc(savedClockMs: number): number;
 }
 
 export interface Migratable extends Pausable, Snapshottable, Clocked {

@@ -10,6 +10,7 @@ export {
   decodeStateFile,
   writeStateFile,
   readStateFile,
+  readStateHeader,
   checkCompatible,
 } from "./statefile.js";
 export { Datastore } from "./datastore.js";

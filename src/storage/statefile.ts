@@ -189,6 +189,35 @@ export async function readStateFile(path: string): Promise<{ header: StateHeader
   return decodeStateFile(file, path);
 }
 
+/** Only the header of a state file (no checksum check: that needs the whole file). */
+export async function readStateHeader(path: string): Promise<StateHeader> {
+  let fh;
+  try {
+    fh = await open(path, "r");
+  } catch (err) {
+    throw new StateFileError("STATEFILE_READ_FAILED", `reading state file ${path} failed: ${(err as Error).message}`, err);
+  }
+  try {
+    const prefix = Buffer.alloc(16);
+    const { bytesRead } = await fh.read(prefix, 0, 16, 0);
+    if (bytesRead < 16 || prefix.toString("ascii", 0, 8) !== STATE_MAGIC) throw new StateFileError("STATEFILE_CORRUPT", `${path} is not a Hopvisor state file (bad magic or too short)`);
+    const version = prefix.readUInt32LE(8);
+    if (version !== STATE_FORMAT_VERSION) throw new StateFileError("STATEFILE_VERSION", `${path} has format version ${version}; this build reads version ${STATE_FORMAT_VERSION}`);
+    const headerLen = prefix.readUInt32LE(12);
+    if (headerLen > MAX_HEADER) throw new StateFileError("STATEFILE_CORRUPT", `${path}: header length ${headerLen} is out of range`);
+    const headerBytes = Buffer.alloc(headerLen);
+    const r = await fh.read(headerBytes, 0, headerLen, 16);
+    if (r.bytesRead < headerLen) throw new StateFileError("STATEFILE_CORRUPT", `${path}: the header is truncated`);
+    try {
+      return JSON.parse(headerBytes.toString("utf8")) as StateHeader;
+    } catch (err) {
+      throw new StateFileError("STATEFILE_CORRUPT", `${path}: header is not valid JSON`, err);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Checks a state's header against the VM it is about to be restored into. */
 export function checkCompatible(header: StateHeader, want: Pick<StateHeader, "engine" | "memoryMiB" | "vgaMemoryKiB" | "nic" | "disk">, source: string): void {
   for (const key of ["engine", "memoryMiB", "vgaMemoryKiB", "nic", "disk"] as const) {

@@ -39,6 +39,19 @@ export interface VmNetInit {
   mtu?: number;
 }
 
+/** A template state to run a throw-away guest from, so that the process's engine code is compiled (see warmup.ts). */
+export interface WarmupSpec {
+  statePath: string;
+  bios: string;
+  vgabios: string;
+}
+
+/** To a spare VM process: warm the engine code while waiting for a VmInit. */
+export interface WarmMessage {
+  t: "warm";
+  spec: WarmupSpec;
+}
+
 export interface VmInit {
   t: "init";
   name: string;
@@ -50,6 +63,8 @@ export interface VmInit {
   start: VmStart;
   /** Absent: the NIC is connected to nothing (no frames cross the IPC channel). */
   net?: VmNetInit;
+  /** For a process that was not warmed ahead (see WarmMessage): warm it before taking an incoming VM. */
+  warmup?: WarmupSpec;
 }
 
 export type VmOp =
@@ -92,7 +107,7 @@ export interface FrameMessage {
   data: Uint8Array;
 }
 
-export type ParentMessage = VmInit | SocketMessage | FrameMessage | ({ t: "req"; id: number } & VmOp);
+export type ParentMessage = VmInit | WarmMessage | SocketMessage | FrameMessage | ({ t: "req"; id: number } & VmOp);
 
 export interface VmStats {
   instructions: number;
@@ -119,6 +134,8 @@ export type ChildMessage =
   /** An incoming live migration ended without the guest running here (the process exits). */
   | { t: "migrationAborted"; migrationId: string; error: { code: string; message: string } }
   | { t: "fatal"; error: { code: string; message: string } }
+  /** The engine code was warmed (or warming failed: the VM runs anyway, only its first milliseconds are slower). */
+  | { t: "warmed"; ms: number; error?: string }
   /**
    * An Ethernet frame the guest sent; with `bounced`, a frame from the host agent that this VM
    * did not take because it stopped for a live migration's switchover (the agent re-switches it:

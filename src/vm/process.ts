@@ -11,6 +11,7 @@ import { Engine, ENGINE_VERSION } from "../engine/index.js";
 import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js";
 import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
+import { startWarmup, type Warming } from "./warmup.js";
 import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
 import { monotonicMs, roundMs } from "../common/time.js";
 
@@ -22,6 +23,10 @@ const MAX_FRAMES_IN_FLIGHT = 512;
 
 function send(msg: ChildMessage): void {
   if (process.send !== undefined && process.connected) process.send(msg);
+}
+
+function reportWarmed(r: { ms: number; error?: string }): void {
+  send({ t: "warmed", ...r });
 }
 
 /**
@@ -83,7 +88,20 @@ class VmProcess {
   private migratedAway = false;
   private nic: NicLink | undefined;
 
-  constructor(private readonly init: VmInit) {}
+  constructor(
+    private readonly init: VmInit,
+    private warming: Warming | undefined,
+  ) {}
+
+  /** Waits for the warm-up of this process (cut short when not `needed`), or runs one for an incoming VM. */
+  private async warm(needed: boolean): Promise<void> {
+    let w = this.warming;
+    if (w === undefined && needed && this.init.warmup !== undefined) w = startWarmup(this.init.warmup, reportWarmed);
+    this.warming = undefined;
+    if (w === undefined) return;
+    if (!needed) w.abort();
+    await w.done;
+  }
 
   /** A migration connection handed over by the host agent. */
   acceptSocket(msg: SocketMessage, socket: Socket | undefined): void {
@@ -110,6 +128,8 @@ class VmProcess {
       return now;
     };
     const { init } = this;
+    // A guest that arrives by migration runs at full speed from its first millisecond.
+    await this.warm(init.start.mode === "incoming" || init.start.mode === "awaitState");
     const restore = init.start.mode !== "boot";
     const [bios, vgabios, bzimage, initrd] = await Promise.all([
       readFile(init.image.bios),
@@ -156,8 +176,7 @@ class VmProcess {
             send({ t: "migratedIn", migrationId: start.migrationId, info });
             send({ t: "ready", startMs: Math.round(monotonicMs() - t0), phases: { restore: info.restoreMs, resume: info.resumeMs } });
             send({ t: "state", state: "running" });
-            // The guest's clock stood still during the pause (its TSC was restored as saved): set it.
-            agent.setTime(Date.now(), 5_000).catch(() => undefined);
+            // The guest's clock is right: its TSC counted the pause (LiveMigrationTarget, continueTsc).
           },
           onAborted: (err) => {
             send({ t: "migrationAborted", migrationId: start.migrationId, error: { code: err.code, message: err.message } });
@@ -247,6 +266,7 @@ class VmProcess {
     } else {
       await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
     }
+    if (state.header.engineClockMs !== undefined) engine.continueTsc(state.header.engineClockMs);
   }
 
   async handle(req: VmOp): Promise<unknown> {
@@ -443,8 +463,13 @@ function errorPayload(err: unknown): { code: string; message: string } {
 /** Entry point when this module runs as a forked VM process. */
 export function runVmProcess(): void {
   let vm: VmProcess | undefined;
+  let warming: Warming | undefined;
   process.on("message", (raw, handle) => {
     const msg = raw as ParentMessage;
+    if (msg.t === "warm") {
+      if (vm === undefined && warming === undefined) warming = startWarmup(msg.spec, reportWarmed);
+      return;
+    }
     if (msg.t === "socket") {
       const socket = handle as Socket | undefined;
       if (vm !== undefined) vm.acceptSocket(msg, socket);
@@ -457,7 +482,8 @@ export function runVmProcess(): void {
     }
     if (msg.t === "init") {
       if (vm !== undefined) return;
-      const instance = new VmProcess(msg);
+      const instance = new VmProcess(msg, warming);
+      warming = undefined;
       vm = instance;
       instance.start().catch((err: unknown) => instance.fatal(err));
       return;

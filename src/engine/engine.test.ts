@@ -1,0 +1,64 @@
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createLogger } from "../common/log.js";
+import { defaultCacheDir } from "../common/paths.js";
+import { defaultProfile, TemplateStore } from "../host/templates.js";
+import { ensureImage } from "../image/index.js";
+import { readStateFile } from "../storage/index.js";
+import { GuestAgentClient } from "../vm/agent.js";
+import { Engine, MAX_TSC_CATCH_UP_MS } from "./engine.js";
+
+async function guestSkewS(agent: GuestAgentClient): Promise<number> {
+  const r = await agent.exec("date +%s", 10_000);
+  return Number(r.stdout.trim()) - Date.now() / 1000;
+}
+
+void test("a guest restored in another engine after a pause keeps the wall-clock time: continueTsc counts the pause", async () => {
+  const log = createLogger("engine-test", {});
+  const cacheDir = defaultCacheDir();
+  const image = await ensureImage({ cacheDir, log });
+  const template = await readStateFile(await new TemplateStore(cacheDir, log).ensure(image, defaultProfile(128, undefined)));
+  const [bios, vgabios] = await Promise.all([readFile(image.bios), readFile(image.vgabios)]);
+  const opts = { memoryMiB: 128, vgaMemoryKiB: template.header.vgaMemoryKiB, bios, vgabios, nic: "virtio" as const, serialPorts: 2 };
+  const withAgent = (e: Engine): GuestAgentClient => {
+    const agent = new GuestAgentClient((b) => e.serialWrite(1, b));
+    e.onSerialByte(1, (b) => agent.feed(b));
+    return agent;
+  };
+  const a = await Engine.create(opts);
+  const b = await Engine.create(opts);
+  try {
+    const p = template.payload;
+    await a.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
+    const agentA = withAgent(a);
+    await a.run();
+    await agentA.waitReady(10_000);
+    await agentA.setTime(Date.now(), 10_000);
+    assert.ok(Math.abs(await guestSkewS(agentA)) <= 1, "the clock is set before the move");
+
+    // The move, with a pause of 4 s between the save and the restore.
+    await a.pause();
+    const state = await a.saveStateWithoutRam();
+    const savedClockMs = a.clockMs();
+    const savedAtMs = Date.now();
+    const tscAtSave = a.tsc();
+    b.ram().set(a.ram());
+    await sleep(4_000);
+    b.continueClock(savedClockMs, savedAtMs);
+    await b.restoreStateKeepingRam(state);
+    const added = b.continueTsc(savedClockMs);
+    assert.ok(added >= 3_900 && added < 6_000, `the TSC moved on by the pause: ${added} ms`);
+    const tscMs = Number(b.tsc() - tscAtSave) / 1e6;
+    assert.ok(tscMs >= 3_900 && tscMs < 6_000, `the restored TSC counts the pause: ${tscMs} ms after the save`);
+    const agentB = withAgent(b);
+    await b.run();
+    const skew = await guestSkewS(agentB);
+    assert.ok(Math.abs(skew) <= 1, `the guest's clock did not lag by the 4 s pause (skew ${skew.toFixed(2)} s)`);
+    assert.equal(b.continueTsc(b.clockMs() - MAX_TSC_CATCH_UP_MS - 1), 0, "a pause beyond the cap is left to the guest agent");
+  } finally {
+    await a.destroy();
+    await b.destroy();
+  }
+});

@@ -1,0 +1,95 @@
+/**
+ * Warming a VM process's engine code before it matters.
+ *
+ * V8 compiles v86's wasm lazily (a function on its first call, then the hot ones again with
+ * TurboFan) and v86's JavaScript devices the same way. In a fresh process the first
+ * milliseconds a guest runs therefore cost far more than they should: measured here, the first
+ * main-loop slice after restoring a state took 6-12 ms instead of 0.7 ms, and the next 200 ms
+ * burnt ~140 ms of CPU on compiling instead of ~20. For a live migration those milliseconds
+ * come straight after the switchover, where the guest is already late (its heartbeat's first
+ * line after a move came 27-42 ms after the resume).
+ *
+ * So a VM process that will take a guest (a spare process, or the target of a migration)
+ * first runs a throw-away guest restored from a template state for a few hundred ms, with a
+ * guest agent command that exercises what every guest does (timer interrupts, a user process
+ * waking up, the serial console). That instance is a different guest: it has no NIC backend,
+ * no disk and no listener on its console, and it is destroyed before the VM's own engine is
+ * created. What stays is the compiled code, which V8 shares by every engine in the process.
+ */
+import { readFile } from "node:fs/promises";
+import { Engine, ENGINE_VERSION } from "../engine/index.js";
+import { readStateFile } from "../storage/index.js";
+import { GuestAgentClient } from "./agent.js";
+import { monotonicMs, roundMs } from "../common/time.js";
+import type { WarmupSpec } from "./ipc.js";
+
+/** How long the throw-away guest runs; the agent command below fits in it with time to spare. */
+export const WARMUP_RUN_MS = 250;
+/** Heartbeat lines the warm-up guest prints to its own (unread) console. */
+const WARMUP_COMMAND = "hb -n 40 -i 2 > /dev/ttyS0";
+
+export interface WarmupResult {
+  ms: number;
+  /** Guest instructions the throw-away guest ran. */
+  instructions: number;
+}
+
+/**
+ * Runs a throw-away guest from `spec.statePath` until WARMUP_RUN_MS have passed or `signal`
+ * aborts (then it stops at once). Throws when the state cannot be used (wrong engine, missing
+ * file); callers treat a failed warm-up as "not warmed", never as a failed VM.
+ */
+export async function warmEngineCode(spec: WarmupSpec, signal?: AbortSignal): Promise<WarmupResult> {
+  const t0 = monotonicMs();
+  const [bios, vgabios, state] = await Promise.all([readFile(spec.bios), readFile(spec.vgabios), readStateFile(spec.statePath)]);
+  const h = state.header;
+  if (h.engine !== ENGINE_VERSION) throw new Error(`warm-up state ${spec.statePath} is for ${h.engine}, this is ${ENGINE_VERSION}`);
+  if (h.disk) throw new Error(`warm-up state ${spec.statePath} needs a disk`);
+  if (h.nic !== "virtio" && h.nic !== "ne2k") throw new Error(`warm-up state ${spec.statePath} has an unknown NIC '${h.nic}'`);
+  const engine = await Engine.create({ memoryMiB: h.memoryMiB, vgaMemoryKiB: h.vgaMemoryKiB, bios, vgabios, nic: h.nic, serialPorts: 2 });
+  try {
+    const p = state.payload;
+    await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
+    const agent = new GuestAgentClient((bytes) => engine.serialWrite(1, bytes));
+    engine.onSerialByte(1, (b) => agent.feed(b));
+    await engine.run();
+    await new Promise<void>((resolve) => {
+      if (signal?.aborted === true) return resolve();
+      const timer = setTimeout(done, WARMUP_RUN_MS);
+      function done(): void {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", done);
+        resolve();
+      }
+      signal?.addEventListener("abort", done);
+      agent.exec(WARMUP_COMMAND, WARMUP_RUN_MS).then(
+        () => undefined,
+        () => undefined,
+      );
+    });
+    agent.failAll("warm-up over");
+    await engine.pause();
+    return { ms: roundMs(monotonicMs() - t0), instructions: engine.instructionCount() };
+  } finally {
+    await engine.destroy();
+    // Free its memory now, while nothing runs here (the flag is in VM_PROCESS_EXEC_ARGV).
+    (globalThis as { gc?: () => void }).gc?.();
+  }
+}
+
+/** A warm-up under way: `done` settles when it is over (never rejects); abort() cuts the run short. */
+export interface Warming {
+  done: Promise<void>;
+  abort(): void;
+}
+
+/** Starts warmEngineCode; `report` hears how it went (a failure is reported, not thrown). */
+export function startWarmup(spec: WarmupSpec, report: (r: { ms: number; error?: string }) => void): Warming {
+  const ac = new AbortController();
+  const t0 = monotonicMs();
+  const done = warmEngineCode(spec, ac.signal).then(
+    (r) => report({ ms: r.ms }),
+    (err: unknown) => report({ ms: roundMs(monotonicMs() - t0), error: (err as Error)?.message ?? String(err) }),
+  );
+  return { done, abort: () => ac.abort() };
+}
