@@ -3,7 +3,8 @@
  * migration connection): live idle, live with a 32 MiB and a 64 MiB dirty set (the guest's
  * `dirty` rewrites it flat out), quick idle. Per run: total time, the pause measured on the
  * hosts, and the longest silence of the guest's 10 ms heartbeat seen on the host consoles from
- * 0.5 s before to 1 s after the move (the same window the QEMU side uses).
+ * 0.5 s before to 1 s after the move (the same window the QEMU side uses), and, for reference,
+ * the longest silence in the 0.5 s before the move (the heartbeat's own jitter).
  * With --qemu it runs the same cases under QEMU (Debian's qemu-system-x86, TCG, same kernel and
  * initramfs; installed by scripts/install-qemu.sh when missing) and prints both side by side.
  *   node dist/benchmarks/migration.js [--runs N] [--qemu] [--cases live-idle,quick-idle]
@@ -44,11 +45,18 @@ for (const c of cases) if (!(c in CASES)) throw new Error(`unknown case ${c}; ca
 const TOKEN = "benchmark-cluster-token-0123456789abcdef";
 const GAP_BEFORE_MS = 500;
 const GAP_AFTER_MS = 1000;
+/**
+ * Between moves. A host that took in a VM forks its next spare VM process 0.5 s later and warms
+ * it (src/vm/warmup.ts: ~1 s of one core); the next move should not be measured against that.
+ */
+const SETTLE_MS = 3000;
 
 interface Run {
   totalMs: number;
   pauseMs: number;
   gapMs: number;
+  /** The longest silence in the 0.5 s before the migration started: the heartbeat's own jitter. */
+  baselineGapMs: number;
   converged: boolean;
   firstRoundMBps: number;
   rounds: number;
@@ -81,11 +89,18 @@ function watchBeats(hosts: Record<string, Host>, vm: string): { times: number[];
   return { times, stop: () => offs.forEach((f) => f()) };
 }
 
-function longestGap(times: number[], from: number, to: number): number {
+/** The longest silence between heartbeats in [from, to], and when it started. */
+function longestGap(times: number[], from: number, to: number): { gap: number; at: number } {
   const w = times.filter((t) => t >= from && t <= to);
   let gap = 0;
-  for (let i = 1; i < w.length; i++) gap = Math.max(gap, w[i]! - w[i - 1]!);
-  return gap;
+  let at = NaN;
+  for (let i = 1; i < w.length; i++) {
+    if (w[i]! - w[i - 1]! > gap) {
+      gap = w[i]! - w[i - 1]!;
+      at = w[i - 1]!;
+    }
+  }
+  return { gap, at };
 }
 
 async function runCase(name: CaseName, hosts: { a: Host; b: Host }): Promise<Run[]> {
@@ -106,12 +121,14 @@ async function runCase(name: CaseName, hosts: { a: Host; b: Host }): Promise<Run
       const rep: MigrationReport = await hosts[here].sup.migrate(vm, { to, mode: spec.mode });
       const t1 = performance.now();
       here = to;
-      await sleep(GAP_AFTER_MS + 200);
+      await sleep(SETTLE_MS);
       const r0 = rep.rounds[0];
+      const g = longestGap(beats.times, t0 - GAP_BEFORE_MS, t1 + GAP_AFTER_MS);
       const run: Run = {
         totalMs: rep.totalMs,
         pauseMs: rep.downtimeMs,
-        gapMs: longestGap(beats.times, t0 - GAP_BEFORE_MS, t1 + GAP_AFTER_MS),
+        gapMs: g.gap,
+        baselineGapMs: longestGap(beats.times, t0 - GAP_BEFORE_MS, t0).gap,
         converged: rep.stopReason === undefined || rep.stopReason === "converged",
         firstRoundMBps: r0 !== undefined ? r0.bandwidthBytesPerSec / 1e6 : NaN,
         rounds: rep.rounds.length,
@@ -119,7 +136,7 @@ async function runCase(name: CaseName, hosts: { a: Host; b: Host }): Promise<Run
         stopReason: rep.stopReason ?? "-",
       };
       out.push(run);
-      console.log(`${name} #${i + 1}: total ${run.totalMs.toFixed(0)} ms, pause ${run.pauseMs.toFixed(1)} ms, gap ${run.gapMs.toFixed(1)} ms, rounds ${run.rounds}, stop ${run.stopReason}, throttle ${run.throttleMax}%${Number.isFinite(run.firstRoundMBps) ? `, first round ${run.firstRoundMBps.toFixed(0)} MB/s` : ""}`);
+      console.log(`${name} #${i + 1}: total ${run.totalMs.toFixed(0)} ms, pause ${run.pauseMs.toFixed(1)} ms, gap ${run.gapMs.toFixed(1)} ms (from ${(g.at - t0).toFixed(0)} ms after the start; ${run.baselineGapMs.toFixed(1)} ms before it), rounds ${run.rounds}, stop ${run.stopReason}, throttle ${run.throttleMax}%${Number.isFinite(run.firstRoundMBps) ? `, first round ${run.firstRoundMBps.toFixed(0)} MB/s` : ""}`);
     }
   } finally {
     beats.stop();
@@ -173,6 +190,7 @@ async function main(): Promise<void> {
       const gapTarget =
         c === "live-idle" ? t("median <= 20, max <= 40", (m) => m.median <= 20 && m.max <= 40) : c === "live-dirty-64" ? t("<= 50", (m) => m.max <= 50) : undefined;
       metrics.push(summarize(`${key}_heartbeat_gap_ms`, "ms", rs.map((r) => r.gapMs), gapTarget));
+      metrics.push(summarize(`${key}_heartbeat_gap_without_migration_ms`, "ms", rs.map((r) => r.baselineGapMs)));
       if (CASES[c].mode === "live") {
         metrics.push(summarize(`${key}_first_round_MBps`, "MB/s", rs.map((r) => r.firstRoundMBps), c === "live-idle" ? t(">= 500", (m) => m.median >= 500) : undefined));
         metrics.push(summarize(`${key}_converged_runs`, "runs", [rs.filter((r) => r.converged).length], c === "live-dirty-64" ? t(`all ${runs}`, (m) => m.median === runs) : undefined));
