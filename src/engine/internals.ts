@@ -194,8 +194,8 @@ const JIT_IDLE_COMPILE_AFTER_MS = 180_000;
  * than interpreted (measured: ~105 vs ~140 us per tick), which repays the compiling only for a
  * guest that stays idle for more than ~3 minutes. So, as when renting skis until the rent paid
  * equals the price: compiling is on while the guest is busy (the JIT works as before) and for
- * JIT_GATE_HOLD_MS after, off while it is idle, and on again once it has stayed idle for
- * JIT_IDLE_COMPILE_AFTER_MS. Code already compiled keeps running either way; while compiling
+ * JIT_GATE_HOLD_MS after, off while it is idle (and at first, until it is seen busy), and on
+ * again once it has stayed idle for JIT_IDLE_COMPILE_AFTER_MS. Code already compiled keeps running either way; while compiling
  * is off, v86 does not count hotness either.
  */
 export function installJitGate(emulator: V86Emulator): void {
@@ -203,9 +203,13 @@ export function installJitGate(emulator: V86Emulator): void {
   const cpu = v86.cpu;
   const next = v86.yield.bind(v86);
   const busyPerWindow = (JIT_BUSY_INSTRUCTIONS_PER_S * JIT_GATE_WINDOW_MS) / 1000;
-  let compiling = true;
+  // Off until the guest is seen busy (a boot is, within the first window). A guest restored
+  // idle, as after a live migration, would otherwise compile its timer path ~1 s after the
+  // switchover, in a 40-50 ms burst on the thread it runs on.
+  let compiling = false;
+  cpu.set_jit_config(0, 1);
   let windowStart = monotonicMs();
-  let lastBusy = windowStart;
+  let lastBusy = windowStart - JIT_GATE_HOLD_MS;
   let windowInstructions = emulator.get_instruction_counter();
   v86.yield = (t: number, tick: number): void => {
     const now = monotonicMs();
