@@ -47,7 +47,7 @@ const GAP_BEFORE_MS = 500;
 const GAP_AFTER_MS = 1000;
 /**
  * Between moves. A host that took in a VM forks its next spare VM process 0.5 s later and warms
- * it (src/vm/warmup.ts: ~1 s of one core); the next move should not be measured against that.
+ * it (src/vm/warmup.ts, ~0.7 s at a low priority): the next move starts after that.
  */
 const SETTLE_MS = 3000;
 
@@ -136,7 +136,9 @@ async function runCase(name: CaseName, hosts: { a: Host; b: Host }): Promise<Run
         stopReason: rep.stopReason ?? "-",
       };
       out.push(run);
-      console.log(`${name} #${i + 1}: total ${run.totalMs.toFixed(0)} ms, pause ${run.pauseMs.toFixed(1)} ms, gap ${run.gapMs.toFixed(1)} ms (from ${(g.at - t0).toFixed(0)} ms after the start; ${run.baselineGapMs.toFixed(1)} ms before it), rounds ${run.rounds}, stop ${run.stopReason}, throttle ${run.throttleMax}%${Number.isFinite(run.firstRoundMBps) ? `, first round ${run.firstRoundMBps.toFixed(0)} MB/s` : ""}`);
+      const d = rep.downtime;
+      const parts = spec.mode === "live" ? `stop ${d.stopMs} + state ${d.stateSaveMs} + final copy ${d.finalCopyMs} + transfer ${d.transferMs} + resume ${d.resumeMs}, restore ${d.restoreMs}` : `stop ${d.stopMs} + save ${d.stateSaveMs} + transfer ${d.transferMs} + restore ${d.restoreMs}`;
+      console.log(`${name} #${i + 1}: total ${run.totalMs.toFixed(0)} ms, pause ${run.pauseMs.toFixed(1)} ms (${parts}), gap ${run.gapMs.toFixed(1)} ms (from ${(g.at - t0).toFixed(0)} ms after the start; ${run.baselineGapMs.toFixed(1)} ms before it), rounds ${run.rounds}, stop ${run.stopReason}, throttle ${run.throttleMax}%${Number.isFinite(run.firstRoundMBps) ? `, first round ${run.firstRoundMBps.toFixed(0)} MB/s` : ""}`);
     }
   } finally {
     beats.stop();
