@@ -3,7 +3,7 @@ import { createRequire } from "node:module";
 import { checkEngineClock, continueEngineClock, engineNow } from "./clock.js";
 import { V86 } from "v86";
 import { EngineInitError, EngineStateError } from "./errors.js";
-import { cpuOf, installIdleScheduler, installJitGate, keepingRam, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+import { countJitCompiles, cpuOf, installIdleScheduler, installJitGate, keepingRam, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
 
 /** Beyond this pause the guest's TSC is not moved on (see continueTsc): the guest agent sets the clock instead. */
 export const MAX_TSC_CATCH_UP_MS = 10_000;
@@ -52,10 +52,12 @@ export class Engine {
   readonly memoryBytes: number;
   private readonly emu: V86Emulator;
   private destroyed = false;
+  private readonly jitCounter: () => number;
 
   private constructor(emu: V86Emulator, readonly options: EngineOptions) {
     this.emu = emu;
     this.memoryBytes = options.memoryMiB * 1024 * 1024;
+    this.jitCounter = countJitCompiles(cpuOf(emu));
   }
 
   /** Creates the emulator, loaded but not running. */
@@ -172,6 +174,11 @@ export class Engine {
     if (!(ms > 0) || ms > MAX_TSC_CATCH_UP_MS) return 0;
     advanceTsc(cpuOf(this.emu), BigInt(Math.round(ms * TSC_PER_MS)));
     return ms;
+  }
+
+  /** Code modules v86's JIT has compiled since the engine was created (diagnostics, tests). */
+  jitCompiles(): number {
+    return this.jitCounter();
   }
 
   /** The guest's time-stamp counter (tests). */

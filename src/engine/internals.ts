@@ -31,6 +31,8 @@ export interface V86Cpu {
   /** v86's JIT settings; index 0 is "JIT disabled": no new code is compiled (compiled code still runs). */
   set_jit_config: (index: number, value: number) => void;
   devices: { virtio_net?: { mac: Uint8Array }; ne2k?: { mac: Uint8Array } };
+  /** Called by v86's wasm for every block of guest code its JIT has compiled (it builds the wasm module). */
+  codegen_finalize: (...args: unknown[]) => unknown;
 }
 
 export interface V86Emulator {
@@ -125,6 +127,17 @@ function checkAdvanceTsc(cpu: V86Cpu): void {
   if (error < 0n || error > BigInt(50 * TSC_PER_MS)) throw new EngineSelfTestError(`cpu.set_tsc does not behave as expected: asked to move the TSC by ${step}, it moved by ${moved}`);
 }
 
+/** Counts the code modules v86's JIT compiles from now on (diagnostics, tests): returns the counter. */
+export function countJitCompiles(cpu: V86Cpu): () => number {
+  const original = cpu.codegen_finalize.bind(cpu);
+  let n = 0;
+  cpu.codegen_finalize = (...args: unknown[]): unknown => {
+    n++;
+    return original(...args);
+  };
+  return () => n;
+}
+
 /** Checks every internal this module relies on. Throws EngineSelfTestError. */
 export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
   const cpu = emulator.v86?.cpu;
@@ -136,6 +149,7 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
   if (typeof cpu.set_jit_config !== "function") throw new EngineSelfTestError("cpu.set_jit_config is not a function");
   if (typeof cpu.store_current_tsc !== "function" || typeof cpu.set_tsc !== "function") throw new EngineSelfTestError("cpu.store_current_tsc / cpu.set_tsc are missing");
   checkAdvanceTsc(cpu);
+  if (typeof cpu.codegen_finalize !== "function") throw new EngineSelfTestError("cpu.codegen_finalize is not a function");
   if (typeof emulator.v86.yield !== "function" || typeof emulator.v86.yield_callback !== "function") {
     throw new EngineSelfTestError("the emulator's yield/yield_callback scheduler hooks are missing");
   }
@@ -203,9 +217,8 @@ export function installJitGate(emulator: V86Emulator): void {
   const cpu = v86.cpu;
   const next = v86.yield.bind(v86);
   const busyPerWindow = (JIT_BUSY_INSTRUCTIONS_PER_S * JIT_GATE_WINDOW_MS) / 1000;
-  // Off until the guest is seen busy (a boot is, within the first window). A guest restored
-  // idle, as after a live migration, would otherwise compile its timer path ~1 s after the
-  // switchover, in a 40-50 ms burst on the thread it runs on.
+  // Off until the guest is seen busy (a boot is, within the first window): a guest restored
+  // idle, as after a live migration, has nothing worth compiling yet (see docs/design.md).
   let compiling = false;
   cpu.set_jit_config(0, 1);
   let windowStart = monotonicMs();
