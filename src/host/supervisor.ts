@@ -101,6 +101,8 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   /** One VM process forked ahead of need, so a start does not wait for Node to boot. */
   private spare: ChildProcess | undefined;
   private spareTimer: NodeJS.Timeout | undefined;
+  /** The spare was sent its warm-up (see warmup.ts). */
+  private spareWarmed = false;
   private closing = false;
   private readonly token: string | undefined;
   private readonly peers: MigratePeerResolver | undefined;
@@ -137,7 +139,8 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   private takeSpare(opts: { forkNext?: boolean } = {}): ChildProcess | undefined {
     const spare = this.spare;
     this.spare = undefined;
-    if (opts.forkNext !== false) this.scheduleSpare(0);
+    this.spareWarmed = false;
+    if (opts.forkNext !== false) this.scheduleSpare(0, false);
     if (spare !== undefined) {
       spare.ref();
       spare.channel?.ref();
@@ -145,9 +148,19 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     return spare;
   }
 
-  /** Forks the next spare VM process after `delayMs` (unless there is one), and warms its engine code. */
-  private scheduleSpare(delayMs: number): void {
-    if (this.closing || this.spareTimer !== undefined || this.spare !== undefined) return;
+  /**
+   * Forks the next spare VM process after `delayMs` (unless there is one). With `warm` (after a
+   * move into this host, the next is likely to come the same way), its engine code is warmed
+   * too, or the spare already there is.
+   */
+  private scheduleSpare(delayMs: number, warm: boolean): void {
+    if (this.closing) return;
+    const spare = this.spare;
+    if (spare !== undefined) {
+      if (warm && !this.spareWarmed) void this.warmSpare(spare);
+      return;
+    }
+    if (this.spareTimer !== undefined) return;
     const fork = (): void => {
       this.spareTimer = undefined;
       if (this.closing || this.spare !== undefined) return;
@@ -156,13 +169,28 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       next.channel?.unref();
       next.on("error", () => undefined);
       this.spare = next;
-      void this.warmSpare(next);
+      if (warm) void this.warmSpare(next);
     };
     if (delayMs === 0) fork();
     else {
       this.spareTimer = setTimeout(fork, delayMs);
       this.spareTimer.unref();
     }
+  }
+
+  /** A move into this host ended: a warm spare for the next, once no other move in is under way (the last one schedules it). */
+  private spareAfterIncoming(done: IncomingEntry): void {
+    for (const e of this.incoming.values()) if (e !== done && e.outcome === "pending") return;
+    this.scheduleSpare(SPARE_FORK_DELAY_MS, true);
+  }
+
+  /**
+   * The warm-up for the process taking an incoming VM (see VmInit.warmup), unless other moves
+   * into this host are under way (an evacuation): then the CPU is better spent on them.
+   */
+  private async incomingWarmup(migrationId: string): Promise<WarmupSpec | undefined> {
+    for (const [id, e] of this.incoming) if (id !== migrationId && e.outcome === "pending") return undefined;
+    return this.warmupSpec();
   }
 
   /** The template to warm VM processes with, once the image is built and a template is cached. */
@@ -177,8 +205,12 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   }
 
   private async warmSpare(child: ChildProcess): Promise<void> {
+    this.spareWarmed = true;
     const spec = await this.warmupSpec();
-    if (spec === undefined || this.spare !== child || !child.connected) return;
+    if (spec === undefined || this.spare !== child || !child.connected) {
+      if (this.spare === child) this.spareWarmed = false;
+      return;
+    }
     const msg: WarmMessage = { t: "warm", spec };
     child.send(msg, (err) => {
       if (err !== null) this.log.debug({ err }, "warming the spare VM process failed");
@@ -805,10 +837,10 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       const base = await this.baseInit(config);
       if (r.mode === "quick") {
         // Phase one: a VM process with its engine ready, waiting for the saved state (commitIncoming).
-        const warmup = await this.warmupSpec();
+        const warmup = await this.incomingWarmup(r.migrationId);
         const proc = new VmProcessHandle({ ...base, ...(warmup !== undefined ? { warmup } : {}), start: { mode: "awaitState" } }, this.takeSpare({ forkNext: false }));
         entry.proc = proc;
-        const forkNext = (): void => this.scheduleSpare(SPARE_FORK_DELAY_MS);
+        const forkNext = (): void => this.spareAfterIncoming(entry);
         proc.once("ready", forkNext);
         proc.once("exit", forkNext);
         this.attach(rec, proc);
@@ -824,7 +856,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
         return { host: this.hostName, ...this.vtepTicket() };
       }
       if (this.migrationAddr === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} has no migration listener`, { status: 409 });
-      const warmup = await this.warmupSpec();
+      const warmup = await this.incomingWarmup(r.migrationId);
       const proc = new VmProcessHandle(
         {
           ...base,
@@ -840,7 +872,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
         this.takeSpare({ forkNext: false }),
       );
       entry.proc = proc;
-      const forkNext = (): void => this.scheduleSpare(SPARE_FORK_DELAY_MS);
+      const forkNext = (): void => this.spareAfterIncoming(entry);
       proc.once("migratedIn", forkNext);
       proc.once("exit", forkNext);
       this.attach(rec, proc);

@@ -96,7 +96,7 @@ class VmProcess {
   /** Waits for the warm-up of this process (cut short when not `needed`), or runs one for an incoming VM. */
   private async warm(needed: boolean): Promise<void> {
     let w = this.warming;
-    if (w === undefined && needed && this.init.warmup !== undefined) w = startWarmup(this.init.warmup, reportWarmed);
+    if (w === undefined && needed && this.init.warmup !== undefined) w = startWarmup(this.init.warmup, reportWarmed, { lowPriority: false });
     this.warming = undefined;
     if (w === undefined) return;
     if (!needed) w.abort();
@@ -467,7 +467,7 @@ export function runVmProcess(): void {
   process.on("message", (raw, handle) => {
     const msg = raw as ParentMessage;
     if (msg.t === "warm") {
-      if (vm === undefined && warming === undefined) warming = startWarmup(msg.spec, reportWarmed);
+      if (vm === undefined && warming === undefined) warming = startWarmup(msg.spec, reportWarmed, { lowPriority: true });
       return;
     }
     if (msg.t === "socket") {

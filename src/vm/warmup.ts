@@ -141,11 +141,16 @@ export interface Warming {
   abort(): void;
 }
 
-/** Starts warmEngineCode at a low CPU priority; `report` hears how it went (a failure is reported, not thrown). */
-export function startWarmup(spec: WarmupSpec, report: (r: { ms: number; error?: string }) => void): Warming {
+/**
+ * Starts warmEngineCode; `report` hears how it went (a failure is reported, not thrown).
+ * `lowPriority` for a spare warming in the background; not for a warm-up a migration waits for
+ * (at nice 19 on a busy host, as during an evacuation, it would crawl).
+ */
+export function startWarmup(spec: WarmupSpec, report: (r: { ms: number; error?: string }) => void, opts: { lowPriority: boolean }): Warming {
   const ac = new AbortController();
   const t0 = monotonicMs();
-  const done = atLowPriority(() => warmEngineCode(spec, ac.signal)).then(
+  const run = (): Promise<WarmupResult> => warmEngineCode(spec, ac.signal);
+  const done = (opts.lowPriority ? atLowPriority(run) : run()).then(
     (r) => report({ ms: r.ms }),
     (err: unknown) => report({ ms: roundMs(monotonicMs() - t0), error: (err as Error)?.message ?? String(err) }),
   );
