@@ -55,7 +55,9 @@ export class FaultProxy {
     const decoder = new FrameDecoder();
     const counts = new Map<Command, number>();
     let raw: Buffer[] = [];
+    let cut = false;
     client.on("data", (chunk: Buffer) => {
+      if (cut) return; // drop-after: nothing more reaches the target
       if (this.fault === undefined) {
         upstream.write(chunk);
         return;
@@ -95,7 +97,8 @@ export class FaultProxy {
           upstream.write(bytes);
           continue;
         }
-        // drop-after: the target gets the frame, the source never hears back.
+        // drop-after: the target gets the frame and nothing after it; the source never hears back.
+        cut = true;
         upstream.unpipe(client);
         upstream.write(bytes, () => setTimeout(kill, 200));
         return;
