@@ -369,6 +369,8 @@ void describe("migration between host agents with real guests", { timeout: 15 * 
   void test("target VM process killed while the source is paused for the final copy: the source resumes", async () => {
     const hb = await runningVm("kt2");
     try {
+      // A guest that keeps 16 MiB dirty: its final copy lasts long enough for the kill to land in it.
+      assert.equal((await hosts.a.sup.exec("kt2", "dirty -w 16 > /dev/null 2>&1 &")).exitCode, 0);
       const off = hosts.a.sup.onEvent((ev) => {
         if (ev.type === "migration.progress" && ev.vm === "kt2" && ev.progress.phase === "stop-and-copy") {
           const pid = hosts.b.sup.pidOf("kt2");
