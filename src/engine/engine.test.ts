@@ -8,7 +8,17 @@ import { defaultProfile, TemplateStore } from "../host/templates.js";
 import { ensureImage } from "../image/index.js";
 import { readStateFile } from "../storage/index.js";
 import { GuestAgentClient } from "../vm/agent.js";
-import { Engine, MAX_TSC_CATCH_UP_MS } from "./engine.js";
+import { Engine, MAX_TSC_CATCH_UP_MS, toArrayBuffer, type EngineOptions } from "./engine.js";
+
+/** The cached 128 MiB template (built once if missing) and engine options that fit it. */
+async function template128(): Promise<{ state: ArrayBuffer; opts: EngineOptions }> {
+  const log = createLogger("engine-test");
+  const cacheDir = defaultCacheDir();
+  const image = await ensureImage({ cacheDir, log });
+  const template = await readStateFile(await new TemplateStore(cacheDir, log).ensure(image, defaultProfile(128, undefined)));
+  const [bios, vgabios] = await Promise.all([readFile(image.bios), readFile(image.vgabios)]);
+  return { state: toArrayBuffer(template.payload), opts: { memoryMiB: 128, vgaMemoryKiB: template.header.vgaMemoryKiB, bios, vgabios, nic: "virtio", serialPorts: 2 } };
+}
 
 async function guestSkewS(agent: GuestAgentClient): Promise<number> {
   const r = await agent.exec("date +%s", 10_000);
@@ -16,17 +26,11 @@ async function guestSkewS(agent: GuestAgentClient): Promise<number> {
 }
 
 void test("the JIT gate: a guest restored idle compiles nothing; a busy guest compiles", async () => {
-  const log = createLogger("engine-test");
-  const cacheDir = defaultCacheDir();
-  const image = await ensureImage({ cacheDir, log });
-  const template = await readStateFile(await new TemplateStore(cacheDir, log).ensure(image, defaultProfile(128, undefined)));
-  const [bios, vgabios] = await Promise.all([readFile(image.bios), readFile(image.vgabios)]);
-  const e = await Engine.create({ memoryMiB: 128, vgaMemoryKiB: template.header.vgaMemoryKiB, bios, vgabios, nic: "virtio", serialPorts: 2 });
+  const template = await template128();
+  const e = await Engine.create(template.opts);
   try {
-    const p = template.payload;
-    await e.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
-    const agent = new GuestAgentClient((b) => e.serialWrite(1, b));
-    e.onSerialByte(1, (b) => agent.feed(b));
+    await e.restoreState(template.state);
+    const agent = GuestAgentClient.on(e);
     await e.run();
     await sleep(2_500);
     assert.equal(e.jitCompiles(), 0, "an idle guest compiled code");
@@ -39,23 +43,12 @@ void test("the JIT gate: a guest restored idle compiles nothing; a busy guest co
 });
 
 void test("a guest restored in another engine after a pause keeps the wall-clock time (continueTsc counts the pause), and its JIT stays quiet while it idles", async () => {
-  const log = createLogger("engine-test", {});
-  const cacheDir = defaultCacheDir();
-  const image = await ensureImage({ cacheDir, log });
-  const template = await readStateFile(await new TemplateStore(cacheDir, log).ensure(image, defaultProfile(128, undefined)));
-  const [bios, vgabios] = await Promise.all([readFile(image.bios), readFile(image.vgabios)]);
-  const opts = { memoryMiB: 128, vgaMemoryKiB: template.header.vgaMemoryKiB, bios, vgabios, nic: "virtio" as const, serialPorts: 2 };
-  const withAgent = (e: Engine): GuestAgentClient => {
-    const agent = new GuestAgentClient((b) => e.serialWrite(1, b));
-    e.onSerialByte(1, (b) => agent.feed(b));
-    return agent;
-  };
-  const a = await Engine.create(opts);
-  const b = await Engine.create(opts);
+  const template = await template128();
+  const a = await Engine.create(template.opts);
+  const b = await Engine.create(template.opts);
   try {
-    const p = template.payload;
-    await a.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
-    const agentA = withAgent(a);
+    await a.restoreState(template.state);
+    const agentA = GuestAgentClient.on(a);
     await a.run();
     await agentA.waitReady(10_000);
     await agentA.setTime(Date.now(), 10_000);
@@ -80,7 +73,7 @@ void test("a guest restored in another engine after a pause keeps the wall-clock
     assert.ok(added >= 3_900 && added < 6_000, `the TSC moved on by the pause: ${added} ms`);
     const tscMs = Number(b.tsc() - tscAtSave) / 1e6;
     assert.ok(tscMs >= 3_900 && tscMs < 6_000, `the restored TSC counts the pause: ${tscMs} ms after the save`);
-    const agentB = withAgent(b);
+    const agentB = GuestAgentClient.on(b);
     await b.run();
     const skew = await guestSkewS(agentB);
     assert.ok(skew > -2.5 && skew < 1, `the guest's clock did not lag by the 4 s pause (skew ${skew.toFixed(2)} s)`);

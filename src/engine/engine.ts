@@ -25,6 +25,12 @@ export interface DiskBackend {
   set_state(state: unknown[]): void;
 }
 
+/** Where a state was saved: the engine clock then (`clockMs`) and the wall clock (`atMs`). */
+export interface SavedClock {
+  clockMs: number;
+  atMs: number;
+}
+
 export interface EngineOptions {
   memoryMiB: number;
   vgaMemoryKiB: number;
@@ -40,7 +46,8 @@ export interface EngineOptions {
 
 export { DEFAULT_VGA_KIB } from "./constants.js";
 
-function toArrayBuffer(b: Uint8Array): ArrayBuffer {
+/** A copy of `b` as an ArrayBuffer of its own (what v86 takes for images and states). */
+export function toArrayBuffer(b: Uint8Array): ArrayBuffer {
   return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
 }
 
@@ -133,12 +140,19 @@ export class Engine {
     }
   }
 
-  async restoreState(state: ArrayBuffer): Promise<void> {
+  /**
+   * Restores a full state. With `saved` (where and when the state was saved elsewhere), the
+   * engine clock and the guest's TSC continue from there, counting the time since (see
+   * continueClock, continueTsc), as if the guest had been paused in place.
+   */
+  async restoreState(state: ArrayBuffer, saved?: SavedClock): Promise<void> {
+    if (saved !== undefined) this.continueClock(saved.clockMs, saved.atMs);
     try {
       await this.emu.restore_state(state);
     } catch (err) {
       throw new EngineStateError("restore", (err as Error).message, err);
     }
+    if (saved !== undefined) this.continueTsc(saved.clockMs);
   }
 
   /** CPU and device state without RAM (RAM travels separately). */
@@ -147,8 +161,8 @@ export class Engine {
   }
 
   /** Restores CPU and devices onto RAM that already holds the guest's pages. */
-  async restoreStateKeepingRam(state: ArrayBuffer): Promise<void> {
-    await keepingRam(cpuOf(this.emu), () => this.restoreState(state));
+  async restoreStateKeepingRam(state: ArrayBuffer, saved?: SavedClock): Promise<void> {
+    await keepingRam(cpuOf(this.emu), () => this.restoreState(state, saved));
   }
 
   /** The engine's clock (v86's microtick), ms: device timers run on it. */

@@ -180,17 +180,21 @@ export class LocalSupervisor implements Supervisor, NetworkService {
 
   /** A move into this host ended: a warm spare for the next, once no other move in is under way (the last one schedules it). */
   private spareAfterIncoming(done: IncomingEntry): void {
-    for (const e of this.incoming.values()) if (e !== done && e.outcome === "pending") return;
-    this.scheduleSpare(SPARE_FORK_DELAY_MS, true);
+    if (!this.otherMovesIn(done)) this.scheduleSpare(SPARE_FORK_DELAY_MS, true);
+  }
+
+  /** Whether a move into this host other than `entry` is under way. */
+  private otherMovesIn(entry: IncomingEntry): boolean {
+    for (const e of this.incoming.values()) if (e !== entry && e.outcome === "pending") return true;
+    return false;
   }
 
   /**
    * The warm-up for the process taking an incoming VM (see VmInit.warmup), unless other moves
    * into this host are under way (an evacuation): then the CPU is better spent on them.
    */
-  private async incomingWarmup(migrationId: string): Promise<WarmupSpec | undefined> {
-    for (const [id, e] of this.incoming) if (id !== migrationId && e.outcome === "pending") return undefined;
-    return this.warmupSpec();
+  private async incomingWarmup(entry: IncomingEntry): Promise<WarmupSpec | undefined> {
+    return this.otherMovesIn(entry) ? undefined : this.warmupSpec();
   }
 
   /** The template to warm VM processes with, once the image is built and a template is cached. */
@@ -837,7 +841,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       const base = await this.baseInit(config);
       if (r.mode === "quick") {
         // Phase one: a VM process with its engine ready, waiting for the saved state (commitIncoming).
-        const warmup = await this.incomingWarmup(r.migrationId);
+        const warmup = await this.incomingWarmup(entry);
         const proc = new VmProcessHandle({ ...base, ...(warmup !== undefined ? { warmup } : {}), start: { mode: "awaitState" } }, this.takeSpare({ forkNext: false }));
         entry.proc = proc;
         const forkNext = (): void => this.spareAfterIncoming(entry);
@@ -856,7 +860,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
         return { host: this.hostName, ...this.vtepTicket() };
       }
       if (this.migrationAddr === undefined) throw new HopError("MIGRATION_DISABLED", `host ${this.hostName} has no migration listener`, { status: 409 });
-      const warmup = await this.incomingWarmup(r.migrationId);
+      const warmup = await this.incomingWarmup(entry);
       const proc = new VmProcessHandle(
         {
           ...base,

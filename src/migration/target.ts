@@ -164,10 +164,8 @@ export class LiveMigrationTarget {
         this.pausedAtMs = a.pausedAtMs;
         this.guestClockMs = a.guestClockMs;
         const copy = a.state.buffer.slice(a.state.byteOffset, a.state.byteOffset + a.state.byteLength) as ArrayBuffer;
-        // Device timers were set against the source engine's clock: continue it here.
-        if (a.engineClockMs !== undefined) this.vm.continueClock(a.engineClockMs, a.pausedAtMs);
-        await this.vm.restoreStateKeepingRam(copy);
-        if (a.engineClockMs !== undefined) this.vm.continueTsc(a.engineClockMs);
+        // Device timers and the guest's TSC ran on the source engine's clock: continue it here.
+        await this.vm.restoreStateKeepingRam(copy, a.engineClockMs !== undefined ? { clockMs: a.engineClockMs, atMs: a.pausedAtMs } : undefined);
         this.restoreMs = monotonicMs() - t0;
         return undefined;
       }

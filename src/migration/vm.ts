@@ -12,18 +12,18 @@ export interface Pausable {
 export interface Snapshottable {
   /** CPU and device state, RAM excluded (RAM travels as pages). */
   saveStateWithoutRam(): Promise<ArrayBuffer>;
-  /** Restores CPU and devices onto RAM that already holds the guest's pages. */
-  restoreStateKeepingRam(state: ArrayBuffer): Promise<void>;
+  /**
+   * Restores CPU and devices onto RAM that already holds the guest's pages. With `saved` (the
+   * source engine's clock and the wall clock at the save), the engine clock (device timers) and
+   * the guest's TSC continue from there, counting the pause.
+   */
+  restoreStateKeepingRam(state: ArrayBuffer, saved?: { clockMs: number; atMs: number }): Promise<void>;
 }
 
 /** The engine's own clock, which device timers run on: it must continue across a move. */
 export interface Clocked {
   /** The engine's clock now (ms). */
   clockMs(): number;
-  /** Continue from `savedClockMs`, read when the wall clock said `savedAtMs`, counting the pause. */
-  continueClock(savedClockMs: number, savedAtMs: number): void;
-  /** After the restore: the guest's own clock (its TSC) counts the pause too. Returns the ms added. */
-  continueTsc(savedClockMs: number): number;
 }
 
 export interface Migratable extends Pausable, Snapshottable, Clocked {

@@ -21,6 +21,8 @@ interface Pending {
   timer: NodeJS.Timeout | undefined;
 }
 
+/** The guest agent's serial port (COM2; COM1 is the console). */
+const AGENT_PORT = 1;
 const MAX_OUTPUT = 16 * 1024 * 1024;
 const MAX_LINE = 256 * 1024;
 
@@ -36,6 +38,13 @@ export class GuestAgentClient {
   helloSeen = false;
 
   constructor(private readonly write: (bytes: Uint8Array) => void) {}
+
+  /** A client wired to an engine's second serial port (COM2), where the guest agent listens. */
+  static on(engine: { serialWrite(port: number, data: Uint8Array): void; onSerialByte(port: number, fn: (byte: number) => void): unknown }): GuestAgentClient {
+    const agent = new GuestAgentClient((bytes) => engine.serialWrite(AGENT_PORT, bytes));
+    engine.onSerialByte(AGENT_PORT, (b) => agent.feed(b));
+    return agent;
+  }
 
   /** Feed one byte received from the guest's agent port. */
   feed(byte: number): void {

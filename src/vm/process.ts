@@ -7,7 +7,7 @@
 import { readFile } from "node:fs/promises";
 import type { Socket } from "node:net";
 import { HopError } from "../common/errors.js";
-import { Engine, ENGINE_VERSION } from "../engine/index.js";
+import { Engine, ENGINE_VERSION, toArrayBuffer } from "../engine/index.js";
 import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js";
 import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
@@ -161,9 +161,8 @@ class VmProcess {
     let t = mark("engine+read", t0);
     this.engine = engine;
     if (init.net !== undefined) this.nic = new NicLink(engine);
-    const agent = new GuestAgentClient((bytes) => engine.serialWrite(1, bytes));
+    const agent = GuestAgentClient.on(engine);
     this.agent = agent;
-    engine.onSerialByte(1, (b) => agent.feed(b));
     engine.onSerialByte(0, (b) => this.onConsoleByte(b));
 
     const start = init.start;
@@ -259,14 +258,9 @@ class VmProcess {
     const init = this.init;
     checkCompatible(state.header, { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined }, source);
     const p = state.payload;
-    if (state.header.engineClockMs !== undefined) engine.continueClock(state.header.engineClockMs, state.header.savedAtMs);
-    if (state.header.ram === "pages") {
-      const s = decodeRamPagesPayload(p, engine.ram(), source);
-      await engine.restoreStateKeepingRam(s.buffer.slice(s.byteOffset, s.byteOffset + s.byteLength) as ArrayBuffer);
-    } else {
-      await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
-    }
-    if (state.header.engineClockMs !== undefined) engine.continueTsc(state.header.engineClockMs);
+    const saved = state.header.engineClockMs !== undefined ? { clockMs: state.header.engineClockMs, atMs: state.header.savedAtMs } : undefined;
+    if (state.header.ram === "pages") await engine.restoreStateKeepingRam(toArrayBuffer(decodeRamPagesPayload(p, engine.ram(), source)), saved);
+    else await engine.restoreState(toArrayBuffer(p), saved);
   }
 
   async handle(req: VmOp): Promise<unknown> {

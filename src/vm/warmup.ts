@@ -19,7 +19,7 @@
 import { readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { getPriority, setPriority } from "node:os";
-import { Engine, ENGINE_VERSION } from "../engine/index.js";
+import { Engine, ENGINE_VERSION, toArrayBuffer } from "../engine/index.js";
 import { readStateFile } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import { monotonicMs, roundMs } from "../common/time.js";
@@ -50,10 +50,8 @@ export async function warmEngineCode(spec: WarmupSpec, signal?: AbortSignal): Pr
   if (h.nic !== "virtio" && h.nic !== "ne2k") throw new Error(`warm-up state ${spec.statePath} has an unknown NIC '${h.nic}'`);
   const engine = await Engine.create({ memoryMiB: h.memoryMiB, vgaMemoryKiB: h.vgaMemoryKiB, bios, vgabios, nic: h.nic, serialPorts: 2 });
   try {
-    const p = state.payload;
-    await engine.restoreState(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength) as ArrayBuffer);
-    const agent = new GuestAgentClient((bytes) => engine.serialWrite(1, bytes));
-    engine.onSerialByte(1, (b) => agent.feed(b));
+    await engine.restoreState(toArrayBuffer(state.payload));
+    const agent = GuestAgentClient.on(engine);
     await engine.run();
     await new Promise<void>((resolve) => {
       if (signal?.aborted === true) return resolve();
