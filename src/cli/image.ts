@@ -60,7 +60,7 @@ export function register(program: Command): void {
   withJsonOption(
     image
       .command("build")
-      .description("build the guest image from Debian's packages, or reuse the cached one")
+      .description("build the guest image from Debian's packages and the engine's wasm module (v86 with a dirty-page log), or reuse the cached ones")
       .option("--refresh", "ask apt for newer packages (rebuilds if any input changed)"),
   ).action(async (opts: { refresh?: boolean; json?: boolean }) => {
     // Loaded here so that the other commands do not pull in the image builder.
@@ -68,11 +68,14 @@ export function register(program: Command): void {
     const json = opts.json === true;
     const progress = progressReporter(!json && process.stdout.isTTY, json ? process.stderr : process.stdout);
     const img = await ensureImage({ refresh: opts.refresh === true, onProgress: (p: Progress) => progress.update(p) }).finally(() => progress.stop());
-    output(opts, img, () =>
+    const { prepareEngine } = await import("../engine/index.js");
+    const engine = await prepareEngine();
+    output(opts, { ...img, engineWasm: engine }, () =>
       keyValues([
         ["image", img.dir],
         ["hash", img.hash],
         ["kernel", img.kernelVersion],
+        ["engine", engine],
       ]),
     );
   });

@@ -2,7 +2,10 @@ import { createRequire } from "node:module";
 // Must load before v86: it gives v86 an adjustable clock (see clock.ts).
 import { checkEngineClock, continueEngineClock, engineNow } from "./clock.js";
 import { V86 } from "v86";
-import { EngineInitError, EngineStateError } from "./errors.js";
+import { defaultCacheDir } from "../common/paths.js";
+import { DirtyLog, type DirtyLogCpu } from "./dirtylog.js";
+import { EngineInitError, EngineSelfTestError, EngineStateError } from "./errors.js";
+import { ensurePatchedWasm, patchedV86Module } from "./wasmpatch.js";
 import { countJitCompiles, cpuOf, installIdleScheduler, installJitGate, keepingRam, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
 
 /** Beyond this pause the guest's TSC is not moved on (see continueTsc): the guest agent sets the clock instead. */
@@ -25,6 +28,14 @@ export interface DiskBackend {
   set_state(state: unknown[]): void;
 }
 
+/**
+ * Prepares the engine's wasm module with the dirty-page log (see wasmpatch.ts) in the cache, so
+ * that the first VM does not patch it. Returns the cached file's path.
+ */
+export async function prepareEngine(cacheDir: string = defaultCacheDir()): Promise<string> {
+  return (await ensurePatchedWasm(wasmPath, cacheDir)).path;
+}
+
 /** Where a state was saved: the engine clock then (`clockMs`) and the wall clock (`atMs`). */
 export interface SavedClock {
   clockMs: number;
@@ -36,6 +47,11 @@ export interface EngineOptions {
   vgaMemoryKiB: number;
   bios: Uint8Array;
   vgabios: Uint8Array;
+  /**
+   * Load v86's stock wasm, without the dirty-page log (a live migration then compares all of RAM
+   * while the guest is paused). By default the patched module is used (see wasmpatch.ts).
+   */
+  stockWasm?: boolean;
   /** Kernel boot; absent when the engine will be restored from a state. */
   boot?: { bzimage: Uint8Array; initrd: Uint8Array; cmdline: string };
   disk?: DiskBackend;
@@ -60,15 +76,20 @@ export class Engine {
   private readonly emu: V86Emulator;
   private destroyed = false;
   private readonly jitCounter: () => number;
+  /** The guest's dirty-page log; undefined with stock v86 wasm. */
+  readonly dirtyLog: DirtyLog | undefined;
 
-  private constructor(emu: V86Emulator, readonly options: EngineOptions) {
+  private constructor(emu: V86Emulator, readonly options: EngineOptions, dirtyLog: DirtyLog | undefined) {
     this.emu = emu;
     this.memoryBytes = options.memoryMiB * 1024 * 1024;
     this.jitCounter = countJitCompiles(cpuOf(emu));
+    this.dirtyLog = dirtyLog;
   }
 
   /** Creates the emulator, loaded but not running. */
   static async create(options: EngineOptions): Promise<Engine> {
+    let module: WebAssembly.Module | undefined;
+    if (options.stockWasm !== true) module = await patchedV86Module(wasmPath, defaultCacheDir());
     const settings: Record<string, unknown> = {
       wasm_path: wasmPath,
       memory_size: options.memoryMiB * 1024 * 1024,
@@ -92,6 +113,10 @@ export class Engine {
       settings["cmdline"] = options.boot.cmdline;
     }
     if (options.disk !== undefined) settings["hda"] = options.disk;
+    if (module !== undefined) {
+      const compiled = module;
+      settings["wasm_fn"] = async (imports: WebAssembly.Imports): Promise<WebAssembly.Exports> => (await WebAssembly.instantiate(compiled, imports)).exports;
+    }
     let emu: V86Emulator;
     try {
       emu = new (V86 as unknown as V86Constructor)(settings);
@@ -106,6 +131,16 @@ export class Engine {
       throw new EngineInitError((err as Error).message, err);
     }
     selfTest(emu, options.memoryMiB * 1024 * 1024);
+    let log: DirtyLog | undefined;
+    if (module !== undefined) {
+      log = DirtyLog.of(cpuOf(emu) as unknown as DirtyLogCpu, options.memoryMiB * 1024 * 1024);
+      if (log === undefined) throw new EngineSelfTestError("the patched v86 module has no dirty-log globals");
+      try {
+        log.selfTest();
+      } catch (err) {
+        throw new EngineSelfTestError((err as Error).message);
+      }
+    }
     const microtick = (emu.v86 as unknown as { constructor: { microtick?: () => number } }).constructor.microtick;
     if (typeof microtick !== "function") throw new EngineInitError("v86's microtick clock is missing");
     try {
@@ -115,7 +150,7 @@ export class Engine {
     }
     installIdleScheduler(emu);
     installJitGate(emu);
-    return new Engine(emu, options);
+    return new Engine(emu, options, log);
   }
 
   get running(): boolean {
