@@ -153,3 +153,31 @@ void test("prefault leaves the shadow all zero, yields once per slice, and chang
   assert.deepEqual(faulted.scanSlice(ram, 0, pages), plain.scanSlice(ram, 0, pages));
   assert.deepEqual(faulted.scanSlice(ram, 0, pages), [], "the shadow took the pages in");
 });
+
+void test("scanPages checks only the listed pages (a dirty log's harvest): reports those that differ, skips the rest", () => {
+  const pageCount = 300;
+  const ram = new Uint8Array(pageCount * PAGE_SIZE);
+  randomFill(rand, ram);
+  const t = new DirtyTracker(pageCount);
+  t.snapshot(ram);
+  for (const p of [3, 40, 41, 299]) ram[p * PAGE_SIZE + 7] = (ram[p * PAGE_SIZE + 7]! + 1) & 0xff;
+  const seen: [number, boolean][] = [];
+  // 5 and 100 are listed but unchanged (a log reports a superset); 299 changed but is not listed.
+  const listed = [3, 5, 40, 41, 100];
+  const found = t.scanPages(ram, listed, 0, listed.length, { onDirty: (p, _cur, prev) => seen.push([p, prev !== undefined]) });
+  assert.deepEqual(found, [3, 40, 41]);
+  assert.deepEqual(seen, [[3, true], [40, true], [41, true]], "known pages come with their previous copy");
+  assert.deepEqual(t.scanPages(ram, listed, 1, 3), [], "the shadow took the new content; a sub-range of the list works");
+  assert.deepEqual(t.scanSlice(ram, 0, pageCount), [299], "what the list left out is still found by a full compare");
+  assert.throws(() => t.scanPages(ram, [pageCount]), RangeError);
+});
+
+void test("an unzeroed shadow must be prefaulted (zeroed) before use", async () => {
+  const pageCount = 64;
+  const ram = new Uint8Array(pageCount * PAGE_SIZE);
+  const t = new DirtyTracker(pageCount, PAGE_SIZE, { zeroed: false });
+  assert.throws(() => t.scanSlice(ram, 0, pageCount), /prefault/);
+  await t.prefault({ sliceBytes: 16 * PAGE_SIZE, yieldFn: () => Promise.resolve() });
+  assert.ok(Buffer.from(t.shadowView).equals(Buffer.alloc(pageCount * PAGE_SIZE)), "prefault zeroed the shadow");
+  assert.deepEqual(t.scanSlice(ram, 0, pageCount), []);
+});

@@ -69,6 +69,8 @@ export interface MigrationReport {
   pages: number;
   rounds: RoundReport[];
   stopReason?: string;
+  /** Live: how dirty pages were found: the engine's dirty log, or comparing all of RAM against a shadow copy. */
+  dirtyTracking?: "log" | "compare";
   throttleMax: number;
   stunnedMs: number;
   /** Test mode: sha256 of guest RAM at the pause on the source and after the restore on the target. */

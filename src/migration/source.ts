@@ -166,6 +166,7 @@ export class LiveMigrationSource {
     const downtimeTargetMs = opts.downtimeTargetMs ?? LIVE_DEFAULTS.downtimeTargetMs;
     const replyTimeoutMs = p.replyTimeoutMs ?? 30_000;
     const rounds: RoundReport[] = [];
+    let logUsed: Migratable["dirtyLog"];
     try {
       this.progress("prepare");
       const socket = await dial(p.address.host, p.address.port, p.connectTimeoutMs ?? 10_000);
@@ -182,7 +183,7 @@ export class LiveMigrationSource {
       conn.write(this.sm.hello());
       // While the target prepares: fault in the shadow of the guest's RAM, a slice at a time.
       const localPages = Math.floor(this.vm.ram().length / PAGE_SIZE);
-      const early = new DirtyTracker(localPages);
+      const early = new DirtyTracker(localPages, PAGE_SIZE, { zeroed: false });
       const prefaulted = early.prefault({ sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: () => new Promise<void>((r) => setImmediate(r)) });
       await this.waitFor("prepared", replyTimeoutMs, "prepare the VM");
       await prefaulted;
@@ -192,6 +193,11 @@ export class LiveMigrationSource {
       const tracker = pageCount === localPages ? early : new DirtyTracker(pageCount);
       const writer = new PageBatchWriter({ maxBytes: LIVE_DEFAULTS.batchBytes, encode: { lz4: opts.lz4 === true } });
       const getRam = (): Uint8Array => this.vm.ram();
+      // With a dirty log, a round compares only the pages the guest wrote since the last one
+      // (and the final round, with the guest paused, takes well under a millisecond); without
+      // one, every round compares all of RAM against the shadow.
+      const dirtyLog = this.vm.dirtyLog;
+      logUsed = dirtyLog;
       const limit = opts.bandwidthBytesPerSec ?? 0;
       let bytesTotal = 0;
       let linkStart = monotonicMs();
@@ -212,7 +218,7 @@ export class LiveMigrationSource {
         await new Promise<void>((r) => setImmediate(r));
         this.check();
       };
-      const sendRound = async (all: boolean, paused: boolean): Promise<{ pages: number; bytes: number; ms: number }> => {
+      const sendRound = async (all: boolean, paused: boolean): Promise<{ pages: number; bytes: number; started: number; ms: number }> => {
         const r0 = monotonicMs();
         const before = this.sm.stats.bytesSent;
         conn.write(this.sm.beginRound());
@@ -249,13 +255,20 @@ export class LiveMigrationSource {
               pages += zeros;
             }
           }
+        } else if (dirtyLog !== undefined) {
+          const logged = dirtyLog.harvest();
+          const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
+          for (let i = 0; i < logged.length; i += slicePages) {
+            if (i > 0 && !paused) await between();
+            pages += tracker.scanPages(getRam(), logged, i, Math.min(logged.length, i + slicePages), { onDirty }).length;
+          }
         } else if (paused) pages = tracker.scanSlice(getRam(), 0, pageCount, { onDirty }).length;
         else pages = (await tracker.scanAll(getRam, { onDirty, sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between })).length;
         emit(writer.take());
         conn.write(this.sm.endRound());
         const bytes = this.sm.stats.bytesSent - before;
         bytesTotal += bytes;
-        return { pages, bytes, ms: monotonicMs() - r0 };
+        return { pages, bytes, started: r0, ms: monotonicMs() - r0 };
       };
 
       // Pre-copy.
@@ -264,12 +277,20 @@ export class LiveMigrationSource {
       let roundsAtLevel = 0;
       let stopReason = "converged";
       linkStart = monotonicMs();
+      // Logging starts before round 0 copies anything: what the guest writes meanwhile is in round 1.
+      dirtyLog?.start();
       for (let round = 0; ; round++) {
         this.progress("precopy", { message: `round ${round}` });
         const r = await sendRound(round === 0, false);
-        await conn.send();
+        // Wait until the target has applied the round (its PONG comes after every earlier
+        // frame): the round's time is then the time to move it end to end, what is left is
+        // counted after that, and the guest never stops while pages are still on their way
+        // (they would add to its pause).
+        conn.write(this.sm.ping());
+        await this.waitFor("pong", replyTimeoutMs, "apply the round's pages");
+        r.ms = monotonicMs() - r.started;
         if (r.bytes >= 1024 * 1024) bestBandwidth = Math.max(bestBandwidth, r.bytes / Math.max(r.ms, 0.001));
-        const remainingPages = await tracker.countAll(getRam, { sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between });
+        const remainingPages = dirtyLog !== undefined ? dirtyLog.count() : await tracker.countAll(getRam, { sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between });
         const remainingBytes = remainingPages * PAGE_SIZE;
         roundsAtLevel++;
         const decision: PolicyDecision = decideNextStep({
@@ -372,6 +393,7 @@ export class LiveMigrationSource {
         pages: this.sm.stats.pagesSent,
         rounds,
         stopReason,
+        dirtyTracking: dirtyLog !== undefined ? "log" : "compare",
         throttleMax: this.stunner.maxLevel,
         stunnedMs: roundMs(this.stunner.stunnedMs),
         ...(sourceSha !== undefined && resumed.ramSha256 !== undefined ? { ramSha256: { source: sourceSha, target: resumed.ramSha256 } } : {}),
@@ -398,6 +420,8 @@ export class LiveMigrationSource {
       if (!this.vm.running) await this.vm.run();
       this.progress("failed", { message: error.message });
       return { kind: "failed", error, sourceMayResume: true };
+    } finally {
+      logUsed?.stop();
     }
   }
 }

@@ -41,6 +41,11 @@ export interface TargetHooks {
   onResumed: (info: TargetSwitchoverInfo) => void;
   /** The migration ended without the VM running here: discard the VM, it must never run. */
   onAborted: (error: MigrationError) => void;
+  /**
+   * A pre-copy round (the guest still runs on the source) is applied; the source waits for
+   * this before it goes on. A good moment for work that must not fall into the pause.
+   */
+  precopyRoundApplied?: (round: number) => void;
 }
 
 export class LiveMigrationTarget {
@@ -157,6 +162,7 @@ export class LiveMigrationTarget {
         applyZeroPages(this.vm.ram(), a.firstPage, a.count, a.bitmap);
         return undefined;
       case "roundComplete":
+        if (this.stateBytes === 0) this.hooks.precopyRoundApplied?.(a.round);
         return undefined;
       case "restoreState": {
         const t0 = monotonicMs();

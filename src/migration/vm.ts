@@ -26,7 +26,23 @@ export interface Clocked {
   clockMs(): number;
 }
 
+/**
+ * Which pages the guest wrote (after Cloud Hypervisor's start_dirty_log / dirty_log). Call it
+ * only while the guest is not inside a slice (from the event loop).
+ */
+export interface DirtyPageLog {
+  /** Starts logging with an empty log. */
+  start(): void;
+  /** Pages written since start() or the last harvest, ascending (a superset); clears the log. */
+  harvest(): ArrayLike<number>;
+  /** How many pages the next harvest would report at most. */
+  count(): number;
+  stop(): void;
+}
+
 export interface Migratable extends Pausable, Snapshottable, Clocked {
   /** A raw view of guest RAM (re-fetch it: a view can be detached when wasm memory grows). */
   ram(): Uint8Array;
+  /** Absent: dirty pages are found by comparing all of RAM against a shadow copy. */
+  readonly dirtyLog?: DirtyPageLog | undefined;
 }
