@@ -3,6 +3,12 @@
  * work and the benchmarks see exactly what the host agent forks with.
  *
  * --expose-gc: a spare VM process collects the throw-away guest of its warm-up (src/vm/warmup.ts,
- * 128 MiB of wasm memory) before it takes a VM, not in the middle of that VM's first migration.
+ * 128 MiB of wasm memory) before it takes a VM, and a migration target collects the page frames
+ * of round 0 before the switchover, not in the middle of it.
+ *
+ * HOPVISOR_VM_NODE_FLAGS (space-separated) adds flags for diagnosis, e.g. "--cpu-prof
+ * --cpu-prof-dir=/tmp/prof" or "--trace-gc" (NODE_OPTIONS does not take --cpu-prof).
  */
-export const VM_PROCESS_EXEC_ARGV: readonly string[] = ["--expose-gc"];
+const extra = process.env["HOPVISOR_VM_NODE_FLAGS"]?.split(" ").filter((f) => f !== "") ?? [];
+
+export const VM_PROCESS_EXEC_ARGV: readonly string[] = ["--expose-gc", ...extra];
