@@ -1,4 +1,5 @@
 /** `hop image build`: build (or find in the cache) the guest kernel + initramfs. */
+import { defaultCacheDir } from "../common/paths.js";
 import cliProgress from "cli-progress";
 import type { Command } from "commander";
 import { keyValues } from "./format.js";
@@ -69,7 +70,9 @@ export function register(program: Command): void {
     const progress = progressReporter(!json && process.stdout.isTTY, json ? process.stderr : process.stdout);
     const img = await ensureImage({ refresh: opts.refresh === true, onProgress: (p: Progress) => progress.update(p) }).finally(() => progress.stop());
     const { prepareEngine } = await import("../engine/index.js");
+    const { prepareDeltaEncoder } = await import("../migration/index.js");
     const engine = await prepareEngine();
+    await prepareDeltaEncoder(defaultCacheDir());
     output(opts, { ...img, engineWasm: engine }, () =>
       keyValues([
         ["image", img.dir],

@@ -235,6 +235,22 @@ export class Engine {
     return readTsc(cpuOf(this.emu));
   }
 
+  private area: { offset: number; bytes: number } | undefined;
+
+  /**
+   * A region of at least `bytes` in the engine's wasm memory beyond anything v86 allocates (the
+   * memory is grown for it once; later calls get the same region). A live migration keeps its
+   * shadow copy of RAM there. Wasm memory never shrinks: the region stays for the engine's life.
+   */
+  hostArea(bytes: number): { memory: WebAssembly.Memory; offset: number } {
+    const memory = cpuOf(this.emu).wasm_memory as unknown as WebAssembly.Memory;
+    if (this.area === undefined || this.area.bytes < bytes) {
+      const pages = Math.ceil(bytes / 65536);
+      this.area = { offset: memory.grow(pages) * 65536, bytes: pages * 65536 };
+    }
+    return { memory, offset: this.area.offset };
+  }
+
   /** A raw view of guest RAM; re-derive it after anything that may grow wasm memory. */
   ram(): Uint8Array {
     return ramView(cpuOf(this.emu));

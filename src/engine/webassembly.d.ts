@@ -9,6 +9,7 @@ declare namespace WebAssembly {
     static imports(module: Module): { module: string; name: string; kind: string }[];
   }
   class Memory {
+    constructor(descriptor: { initial: number; maximum?: number });
     readonly buffer: ArrayBuffer;
     grow(pages: number): number;
   }

@@ -53,7 +53,7 @@ export class DirtyTracker {
   readonly pageCount: number;
   readonly pageSize: number;
   readonly byteLength: number;
-  private readonly shadow: Buffer;
+  private readonly shadowOf: () => Buffer;
   private readonly pagesPerBlock: number;
   /** 1 for pages whose shadow is known to be the target's copy. */
   private readonly known: Uint8Array;
@@ -65,15 +65,28 @@ export class DirtyTracker {
    * The shadow starts all zero: call snapshot() for a baseline, or report every page once with
    * `all`. With `zeroed: false` the shadow is allocated without being cleared (Buffer.alloc of
    * 128 MiB held the guest's thread for 5-15 ms with the GC it set off) and prefault() must
-   * run before anything else.
+   * run before anything else. `shadow` places it elsewhere (e.g. in the engine's wasm memory,
+   * where pages can be delta-encoded in place): a function returning a view of exactly
+   * pageCount x pageSize bytes, called again for every scan (the view may have been detached),
+   * never cleared by the tracker until prefault().
    */
-  constructor(pageCount: number, pageSize = PAGE_SIZE, options: { zeroed?: boolean } = {}) {
+  constructor(pageCount: number, pageSize = PAGE_SIZE, options: { zeroed?: boolean; shadow?: () => Uint8Array } = {}) {
     if (!Number.isInteger(pageCount) || pageCount <= 0) throw new RangeError(`pageCount must be a positive integer, got ${pageCount}`);
     this.pageCount = pageCount;
     this.pageSize = pageSize;
     this.byteLength = pageCount * pageSize;
-    this.zeroed = options.zeroed !== false;
-    this.shadow = this.zeroed ? Buffer.alloc(this.byteLength) : Buffer.allocUnsafeSlow(this.byteLength);
+    const external = options.shadow;
+    this.zeroed = external === undefined && options.zeroed !== false;
+    if (external !== undefined) {
+      this.shadowOf = () => {
+        const v = external();
+        if (v.length !== this.byteLength) throw new RangeError(`the shadow view is ${v.length} bytes, the tracker covers ${this.byteLength}`);
+        return asBuffer(v);
+      };
+    } else {
+      const own = this.zeroed ? Buffer.alloc(this.byteLength) : Buffer.allocUnsafeSlow(this.byteLength);
+      this.shadowOf = () => own;
+    }
     this.pagesPerBlock = Math.max(1, Math.floor(BLOCK_BYTES / pageSize));
     this.known = new Uint8Array(pageCount);
   }
@@ -87,7 +100,7 @@ export class DirtyTracker {
   async prefault(options: { sliceBytes?: number; yieldFn?: () => Promise<void> } = {}): Promise<void> {
     const slice = Math.max(this.pageSize, options.sliceBytes ?? 4 * 1024 * 1024);
     for (let off = 0; off < this.byteLength; off += slice) {
-      this.shadow.fill(0, off, Math.min(this.byteLength, off + slice));
+      this.shadowOf().fill(0, off, Math.min(this.byteLength, off + slice));
       if (options.yieldFn !== undefined) await options.yieldFn();
     }
     this.zeroed = true;
@@ -95,7 +108,7 @@ export class DirtyTracker {
 
   /** The shadow (read-only by contract): the content the target holds for every sent page. */
   get shadowView(): Uint8Array {
-    return this.shadow;
+    return this.shadowOf();
   }
 
   private check(ram: Uint8Array, fromPage: number, toPage: number): void {
@@ -110,7 +123,7 @@ export class DirtyTracker {
    */
   snapshot(ram: Uint8Array): void {
     this.check(ram, 0, this.pageCount);
-    this.shadow.set(ram.subarray(0, this.byteLength));
+    this.shadowOf().set(ram.subarray(0, this.byteLength));
     this.known.fill(1);
   }
 
@@ -125,7 +138,7 @@ export class DirtyTracker {
   scanSlice(ram: Uint8Array, fromPage: number, toPage: number, options: ScanOptions = {}): number[] {
     this.check(ram, fromPage, toPage);
     const mem = asBuffer(ram);
-    const shadow = this.shadow;
+    const shadow = this.shadowOf();
     const ps = this.pageSize;
     const onDirty = options.onDirty;
     const dirty: number[] = [];
@@ -172,7 +185,7 @@ export class DirtyTracker {
   scanPages(ram: Uint8Array, pages: ArrayLike<number>, from = 0, to = pages.length, options: ScanOptions = {}): number[] {
     this.check(ram, 0, this.pageCount);
     const mem = asBuffer(ram);
-    const shadow = this.shadow;
+    const shadow = this.shadowOf();
     const ps = this.pageSize;
     const onDirty = options.onDirty;
     const dirty: number[] = [];
@@ -202,6 +215,7 @@ export class DirtyTracker {
     const mem = asBuffer(ram);
     const ps = this.pageSize;
     const zero = ps === PAGE_SIZE ? ZERO_PAGE : new Uint8Array(ps);
+    const shadow = this.shadowOf();
     for (let p = fromPage; p < toPage; p++) {
       if (this.known[p] === 1) throw new RangeError(`firstPass over page ${p}, which was reported before`);
       const off = p * ps;
@@ -212,7 +226,7 @@ export class DirtyTracker {
       }
       const cur = mem.subarray(off, off + ps);
       onData(p, cur);
-      this.shadow.set(cur, off);
+      shadow.set(cur, off);
     }
   }
 
@@ -220,7 +234,7 @@ export class DirtyTracker {
   countSlice(ram: Uint8Array, fromPage: number, toPage: number): number {
     this.check(ram, fromPage, toPage);
     const mem = asBuffer(ram);
-    const shadow = this.shadow;
+    const shadow = this.shadowOf();
     const ps = this.pageSize;
     const ppb = this.pagesPerBlock;
     let n = 0;

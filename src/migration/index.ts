@@ -49,3 +49,4 @@ export { LiveMigrationTarget, type TargetHooks, type TargetParams, type TargetSw
 export { Stunner } from "./stun.js";
 export type { Migratable, Pausable, Snapshottable } from "./vm.js";
 export type { DowntimeBreakdown, LiveMigrationOptions, MigrationMode, MigrationProgress, MigrationReport, RoundReport } from "./report.js";
+export { WasmDelta, prepareDeltaEncoder, DELTA_OUT_BYTES } from "./wasmdelta.js";

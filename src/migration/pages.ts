@@ -111,6 +111,11 @@ export interface PageEncodeOptions {
   lz4?: boolean;
   /** A DELTA at or below this size is taken without trying LZ4 (default 512). */
   deltaGoodEnough?: number;
+  /**
+   * A faster DELTA encoder with deltaEncodeInto's contract and output (e.g. WasmDelta); it returns
+   * undefined for pages it cannot reach, which then go to deltaEncodeInto.
+   */
+  fastDelta?: (cur: Uint8Array, prev: Uint8Array, dest: Uint8Array, off: number, maxLen: number) => number | undefined;
 }
 
 let scratch = new Uint8Array(PAGE_SIZE);
@@ -126,7 +131,7 @@ export function encodePageInto(cur: Uint8Array, prev: Uint8Array | undefined, de
   let best: PageEncoding = PageEncoding.Raw;
   let bestLen = n;
   if (prev !== undefined && options.delta !== false) {
-    const len = deltaEncodeInto(cur, prev, dest, off, n - 1);
+    const len = options.fastDelta?.(cur, prev, dest, off, n - 1) ?? deltaEncodeInto(cur, prev, dest, off, n - 1);
     if (len >= 0) {
       best = PageEncoding.Delta;
       bestLen = len;

@@ -71,6 +71,8 @@ export interface MigrationReport {
   stopReason?: string;
   /** Live: how dirty pages were found: the engine's dirty log, or comparing all of RAM against a shadow copy. */
   dirtyTracking?: "log" | "compare";
+  /** Live: which DELTA encoder ran: in wasm on the engine's memory, or the JS fallback. */
+  deltaEncoder?: "wasm" | "js";
   throttleMax: number;
   stunnedMs: number;
   /** Test mode: sha256 of guest RAM at the pause on the source and after the restore on the target. */

@@ -45,4 +45,10 @@ export interface Migratable extends Pausable, Snapshottable, Clocked {
   ram(): Uint8Array;
   /** Absent: dirty pages are found by comparing all of RAM against a shadow copy. */
   readonly dirtyLog?: DirtyPageLog | undefined;
+  /**
+   * A region of `bytes` in the engine's wasm memory, outside guest RAM, for the migration's
+   * shadow copy: pages there and in RAM can be delta-encoded in place (see WasmDelta). The
+   * same region is handed out again on later calls. Absent: the shadow is a Buffer.
+   */
+  hostArea?(bytes: number): { memory: WebAssembly.Memory; offset: number };
 }
