@@ -46,6 +46,8 @@ export interface TargetHooks {
    * this before it goes on. A good moment for work that must not fall into the pause.
    */
   precopyRoundApplied?: (round: number) => void;
+  /** The guest is paused on the source and its state is here: called before it is restored. */
+  beforeRestore?: () => void;
 }
 
 export class LiveMigrationTarget {
@@ -165,6 +167,7 @@ export class LiveMigrationTarget {
         if (this.stateBytes === 0) this.hooks.precopyRoundApplied?.(a.round);
         return undefined;
       case "restoreState": {
+        this.hooks.beforeRestore?.();
         const t0 = monotonicMs();
         this.stateBytes = a.state.length;
         this.pausedAtMs = a.pausedAtMs;

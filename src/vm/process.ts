@@ -12,6 +12,10 @@ import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js"
 import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import { startWarmup, type Warming } from "./warmup.js";
+import { lowerPriority } from "./priority.js";
+
+/** Nice value of a migration target's process until the state arrives (see start()). */
+const INCOMING_NICE = 5;
 import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
 import { monotonicMs, roundMs } from "../common/time.js";
 
@@ -128,6 +132,10 @@ class VmProcess {
       return now;
     };
     const { init } = this;
+    // Until the guest is ours, the running guest being moved (the source, maybe on this very
+    // host's CPUs) comes first: preparing, warming and taking in pages run at a lower priority,
+    // raised again before the state is restored (LiveMigrationTarget's beforeRestore).
+    const normalPriority = init.start.mode === "incoming" ? lowerPriority(INCOMING_NICE) : undefined;
     // A guest that arrives by migration runs at full speed from its first millisecond.
     await this.warm(init.start.mode === "incoming" || init.start.mode === "awaitState");
     const restore = init.start.mode !== "boot";
@@ -187,6 +195,7 @@ class VmProcess {
           precopyRoundApplied: (round) => {
             if (round === 0) (globalThis as { gc?: () => void }).gc?.();
           },
+          beforeRestore: () => normalPriority?.(),
         },
       );
       this.incoming = { id: start.migrationId, target };
@@ -390,6 +399,7 @@ class VmProcess {
     }
     if (byte === 0x0a || this.consoleTail.length > 200) {
       const line = this.consoleTail;
+      if (line.startsWith("HB "))
       this.consoleTail = "";
       if (this.readyMarkerSeen !== undefined && line.includes(READY_MARKER)) {
         this.readyMarkerSeen();

@@ -18,9 +18,8 @@
  * Last, the throw-away guest's CPU and device state is saved and restored a number of times:
  * that is the code that runs inside a live migration's pause, on both hosts.
  */
-import { readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
-import { getPriority, setPriority } from "node:os";
+import { atLowPriority } from "./priority.js";
 import { Engine, ENGINE_VERSION, toArrayBuffer } from "../engine/index.js";
 import { readStateFile } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
@@ -90,59 +89,6 @@ export async function warmEngineCode(spec: WarmupSpec, signal?: AbortSignal): Pr
 /** Nice value of the warm-up's threads: it runs beside the host's running VMs. */
 const WARMUP_NICE = 19;
 
-/** This process's threads (Linux); empty where /proc is not there. */
-function threadIds(): number[] {
-  try {
-    return readdirSync("/proc/self/task").map(Number).filter((t) => Number.isInteger(t) && t > 0);
-  } catch {
-    return [];
-  }
-}
-
-/**
- * Runs `fn` with every thread of this process (V8's compiler threads too: on Linux a nice value
- * is per thread) at WARMUP_NICE, and puts them back after, but only where putting them back is
- * allowed (lowering a nice value needs CAP_SYS_NICE): that is tried first, on one thread, by one step.
- */
-async function atLowPriority<T>(fn: () => Promise<T>): Promise<T> {
-  const tids = threadIds();
-  const main = tids[0];
-  let allowed = false;
-  if (main !== undefined) {
-    try {
-      const p = getPriority(main);
-      setPriority(main, Math.min(p + 1, 19));
-      setPriority(main, p);
-      allowed = getPriority(main) === p;
-    } catch {
-      allowed = false;
-    }
-  }
-  if (!allowed) return fn();
-  const before = new Map<number, number>();
-  for (const t of tids) {
-    try {
-      before.set(t, getPriority(t));
-      setPriority(t, WARMUP_NICE);
-    } catch {
-      // a thread that just ended
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    // Threads started meanwhile inherited the warm-up's nice value: they go back to the main thread's.
-    const normal = before.get(main!) ?? 0;
-    for (const t of threadIds()) {
-      try {
-        setPriority(t, before.get(t) ?? normal);
-      } catch {
-        // a thread that just ended
-      }
-    }
-  }
-}
-
 /** A warm-up under way: `done` settles when it is over (never rejects); abort() cuts the run short. */
 export interface Warming {
   done: Promise<void>;
@@ -158,7 +104,7 @@ export function startWarmup(spec: WarmupSpec, report: (r: { ms: number; error?: 
   const ac = new AbortController();
   const t0 = monotonicMs();
   const run = (): Promise<WarmupResult> => warmEngineCode(spec, ac.signal);
-  const done = (opts.lowPriority ? atLowPriority(run) : run()).then(
+  const done = (opts.lowPriority ? atLowPriority(WARMUP_NICE, run) : run()).then(
     (r) => report({ ms: r.ms }),
     (err: unknown) => report({ ms: roundMs(monotonicMs() - t0), error: (err as Error)?.message ?? String(err) }),
   );
