@@ -50,3 +50,4 @@ export { Stunner } from "./stun.js";
 export type { Migratable, Pausable, Snapshottable } from "./vm.js";
 export type { DowntimeBreakdown, LiveMigrationOptions, MigrationMode, MigrationProgress, MigrationReport, RoundReport } from "./report.js";
 export { WasmDelta, prepareDeltaEncoder, DELTA_OUT_BYTES } from "./wasmdelta.js";
+export { warmPageCodec } from "./warm.js";

@@ -15,12 +15,14 @@
  * waking up, the serial console). That instance is a different guest: it has no NIC backend,
  * no disk and no listener on its console, and it is destroyed before the VM's own engine is
  * created. What stays is the compiled code, which V8 shares by every engine in the process.
- * Last, the throw-away guest's CPU and device state is saved and restored a number of times:
- * that is the code that runs inside a live migration's pause, on both hosts.
+ * Last, the throw-away guest's CPU and device state is saved and restored a number of times,
+ * and the page codec encodes and applies scratch pages: that is the code that runs inside a
+ * live migration's pause, on both hosts.
  */
 import { readFile } from "node:fs/promises";
 import { atLowPriority } from "./priority.js";
 import { Engine, ENGINE_VERSION, toArrayBuffer } from "../engine/index.js";
+import { warmPageCodec } from "../migration/index.js";
 import { readStateFile } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import { monotonicMs, roundMs } from "../common/time.js";
@@ -77,6 +79,8 @@ export async function warmEngineCode(spec: WarmupSpec, signal?: AbortSignal): Pr
     // of the pause instead of 0.3-2. Run it here until V8 has optimised it.
     if (signal?.aborted !== true) {
       for (let i = 0; i < WARMUP_STATE_CYCLES; i++) await engine.restoreStateKeepingRam(await engine.saveStateWithoutRam());
+      // And the page codec of both ends of a migration (encode, decode, apply).
+      warmPageCodec();
     }
     return { ms: roundMs(monotonicMs() - t0), instructions: engine.instructionCount() };
   } finally {
