@@ -132,9 +132,9 @@ class VmProcess {
       return now;
     };
     const { init } = this;
-    // Until the guest is ours, the running guest being moved (the source, maybe on this very
-    // host's CPUs) comes first: preparing, warming and taking in pages run at a lower priority,
-    // raised again before the state is restored (LiveMigrationTarget's beforeRestore).
+    // While it prepares and takes in round 0, the running guest being moved (the source, maybe
+    // on this very host's CPUs) comes first: preparing, warming and round 0 run at a lower
+    // priority, raised again once round 0 is applied (or, at the latest, before the restore).
     const normalPriority = init.start.mode === "incoming" ? lowerPriority(INCOMING_NICE) : undefined;
     // A guest that arrives by migration runs at full speed from its first millisecond.
     await this.warm(init.start.mode === "incoming" || init.start.mode === "awaitState");
@@ -193,7 +193,11 @@ class VmProcess {
           // still runs on the source, rather than in a major GC during the switchover (measured:
           // 5-10 ms on the target right as the state arrived). Needs --expose-gc (flags.ts).
           precopyRoundApplied: (round) => {
-            if (round === 0) (globalThis as { gc?: () => void }).gc?.();
+            if (round !== 0) return;
+            (globalThis as { gc?: () => void }).gc?.();
+            // The heavy part (preparing, round 0) is over: from here on the target must answer
+            // at once (the switchover can come after any round).
+            normalPriority?.();
           },
           beforeRestore: () => normalPriority?.(),
         },
