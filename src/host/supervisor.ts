@@ -870,6 +870,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
             migrationId: r.migrationId,
             token: this.token,
             verifyRam: r.verifyRam === true,
+            yieldCpu: !this.otherMovesIn(entry),
             expect: { migrationId: r.migrationId, vmUuid: config.uuid, name: config.name, memoryMiB: config.memoryMiB, vgaMemoryKiB: DEFAULT_VGA_KIB, nic: "virtio", disk: config.disk !== undefined },
           },
         },

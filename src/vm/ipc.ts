@@ -31,7 +31,19 @@ export type VmStart =
   /** A quick migration into this process: create the engine now, restore when told (op resumeFrom). */
   | { mode: "awaitState" }
   /** A live migration into this process: the engine waits, paused, for the connection (sent with a "socket" message). */
-  | { mode: "incoming"; migrationId: string; token: string; expect: ReceiverExpect; verifyRam: boolean };
+  | {
+      mode: "incoming";
+      migrationId: string;
+      token: string;
+      expect: ReceiverExpect;
+      verifyRam: boolean;
+      /**
+       * Prepare and take in round 0 at a lower priority, so that running guests keep their CPU
+       * (a lone move into the host); not while other moves come in (an evacuation: the CPU is
+       * theirs then, and lowering it only slowed the evacuation down).
+       */
+      yieldCpu?: boolean;
+    };
 
 /** The VM's NIC is a port of the host agent's virtual switch: frames cross the IPC channel. */
 export interface VmNetInit {

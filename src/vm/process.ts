@@ -135,7 +135,7 @@ class VmProcess {
     // While it prepares and takes in round 0, the running guest being moved (the source, maybe
     // on this very host's CPUs) comes first: preparing, warming and round 0 run at a lower
     // priority, raised again once round 0 is applied (or, at the latest, before the restore).
-    const normalPriority = init.start.mode === "incoming" ? lowerPriority(INCOMING_NICE) : undefined;
+    const normalPriority = init.start.mode === "incoming" && init.start.yieldCpu === true ? lowerPriority(INCOMING_NICE) : undefined;
     // A guest that arrives by migration runs at full speed from its first millisecond.
     await this.warm(init.start.mode === "incoming" || init.start.mode === "awaitState");
     const restore = init.start.mode !== "boot";
