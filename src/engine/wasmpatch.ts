@@ -50,7 +50,7 @@ const TARGETS = {
 type Binaryen = typeof import("binaryen").default;
 
 /** Returns v86's wasm with the dirty log added. Throws EngineInitError if the module does not fit. */
-export async function patchV86Wasm(original: Uint8Array): Promise<Uint8Array> {
+export async function patchV86Wasm(original: Uint8Array): Promise<Uint8Array<ArrayBuffer>> {
   const binaryen: Binaryen = (await import("binaryen")).default;
   const m = binaryen.readBinary(original);
   try {
@@ -123,7 +123,7 @@ export async function patchV86Wasm(original: Uint8Array): Promise<Uint8Array> {
     wrap(find("zero_memory", TARGETS.zeroMemory), range((l) => l(0), (l) => m.i32.add(l(0), l(1))), [i32, i32]);
 
     if (!m.validate()) throw new EngineInitError("the patched v86 wasm module does not validate");
-    return m.emitBinary();
+    return new Uint8Array(m.emitBinary());
   } finally {
     m.dispose();
   }

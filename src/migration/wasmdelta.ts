@@ -100,14 +100,14 @@ const WAT = `
 `;
 
 /** Assembles the module (binaryen, loaded only here). */
-export async function assembleDeltaModule(): Promise<Uint8Array> {
+export async function assembleDeltaModule(): Promise<Uint8Array<ArrayBuffer>> {
   const binaryen = (await import("binaryen")).default;
   const m = binaryen.parseText(WAT);
   try {
     m.setFeatures(binaryen.Features.MVP | binaryen.Features.SIMD128);
     if (!m.validate()) throw new Error("the DELTA encoder module does not validate");
     m.optimize();
-    return m.emitBinary();
+    return new Uint8Array(m.emitBinary());
   } finally {
     m.dispose();
   }
