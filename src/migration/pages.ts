@@ -74,25 +74,33 @@ function badDelta(why: string): MigrationProtocolError {
   return new MigrationProtocolError("MIGRATION_PAGE_ENCODING", `invalid DELTA page: ${why}`);
 }
 
+/** Reads the LEB128 varint at data[ip] into varint.value and returns the offset after it. */
+const varint = { value: 0 };
+function readVarint(data: Uint8Array, ip: number): number {
+  let v = 0;
+  let shift = 0;
+  for (;;) {
+    if (ip >= data.length) throw badDelta("input ended inside a length");
+    const b = data[ip++]!;
+    v += (b & 0x7f) * 2 ** shift;
+    if ((b & 0x80) === 0) {
+      varint.value = v;
+      return ip;
+    }
+    shift += 7;
+    if (shift > 28) throw badDelta("length varint too long");
+  }
+}
+
 /** Applies a DELTA (see deltaEncodeInto) in place to `dest[off, off + len)`. */
 export function deltaApply(data: Uint8Array, dest: Uint8Array, off: number, len: number): void {
   let ip = 0;
   let pos = 0;
-  const readVarint = (): number => {
-    let v = 0;
-    let shift = 0;
-    for (;;) {
-      if (ip >= data.length) throw badDelta("input ended inside a length");
-      const b = data[ip++]!;
-      v += (b & 0x7f) * 2 ** shift;
-      if ((b & 0x80) === 0) return v;
-      shift += 7;
-      if (shift > 28) throw badDelta("length varint too long");
-    }
-  };
   while (pos < len) {
-    const zeroRun = readVarint();
-    const litLen = readVarint();
+    ip = readVarint(data, ip);
+    const zeroRun = varint.value;
+    ip = readVarint(data, ip);
+    const litLen = varint.value;
     if (zeroRun + litLen === 0) throw badDelta("empty run");
     pos += zeroRun;
     if (pos + litLen > len) throw badDelta("runs past the end of the page");

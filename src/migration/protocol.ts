@@ -544,6 +544,21 @@ export function encodePagesPayload(round: number, pages: readonly { index: numbe
 }
 
 /** Parses a PAGES payload and checks each entry's length against its encoding. */
+/** Why a PAGES entry's encoding and length do not fit together, or undefined when they do. */
+function pageEntryProblem(encoding: number, len: number, pageSize: number): string | undefined {
+  switch (encoding) {
+    case PageEncoding.Zero:
+      return len !== 0 ? `carries ${len} bytes, expected none` : undefined;
+    case PageEncoding.Raw:
+      return len !== pageSize ? `carries ${len} bytes, expected ${pageSize}` : undefined;
+    case PageEncoding.Delta:
+    case PageEncoding.Lz4:
+      return len === 0 || len > pageSize ? `carries ${len} bytes, expected 1..${pageSize}` : undefined;
+    default:
+      return "unknown encoding";
+  }
+}
+
 export function decodePagesPayload(payload: Buffer, pageSize = PAGE_SIZE): { round: number; pages: PageEntry[] } {
   if (payload.length < PAGES_HEADER_BYTES) throw corrupt(`PAGES payload of ${payload.length} bytes is shorter than its header`);
   const round = payload.readUInt32LE(0);
@@ -559,23 +574,9 @@ export function decodePagesPayload(payload: Buffer, pageSize = PAGE_SIZE): { rou
     const len = payload.readUInt32LE(off + 5);
     off += PAGE_ENTRY_HEADER_BYTES;
     if (off + len > payload.length) throw corrupt(`PAGES entry ${i} (page ${index}) data runs past the payload`);
-    const bad = (why: string): MigrationProtocolError =>
-      new MigrationProtocolError("MIGRATION_PAGE_ENCODING", `PAGES entry ${i} (page ${index}, ${pageEncodingName(encoding)}): ${why}`);
-    switch (encoding) {
-      case PageEncoding.Zero:
-        if (len !== 0) throw bad(`carries ${len} bytes, expected none`);
-        break;
-      case PageEncoding.Raw:
-        if (len !== pageSize) throw bad(`carries ${len} bytes, expected ${pageSize}`);
-        break;
-      case PageEncoding.Delta:
-      case PageEncoding.Lz4:
-        if (len === 0 || len > pageSize) throw bad(`carries ${len} bytes, expected 1..${pageSize}`);
-        break;
-      default:
-        throw bad("unknown encoding");
-    }
-    pages[i] = { index, encoding, data: payload.subarray(off, off + len) };
+    const why = pageEntryProblem(encoding, len, pageSize);
+    if (why !== undefined) throw new MigrationProtocolError("MIGRATION_PAGE_ENCODING", `PAGES entry ${i} (page ${index}, ${pageEncodingName(encoding)}): ${why}`);
+    pages[i] = { index, encoding: encoding as PageEncoding, data: payload.subarray(off, off + len) };
     off += len;
   }
   if (off !== payload.length) throw corrupt(`PAGES has ${payload.length - off} bytes after its last entry`);

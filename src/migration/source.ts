@@ -12,7 +12,7 @@
 import { createHash } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { DirtyTracker } from "./dirty.js";
-import { DELTA_OUT_BYTES, WasmDelta } from "./wasmdelta.js";
+import { DELTA_OUT_BYTES, pageEncoderScratchBytes, WasmDelta, WasmPageEncoder } from "./wasmdelta.js";
 import { defaultCacheDir } from "../common/paths.js";
 import { PageBatchWriter } from "./pages.js";
 import { decideNextStep, type PolicyDecision } from "./policy.js";
@@ -188,15 +188,25 @@ export class LiveMigrationSource {
       // The shadow lives in the engine's wasm memory where it can: pages are then delta-encoded
       // in place by the wasm encoder (~4x faster than the JS one), which matters most for the
       // final round of a guest that keeps rewriting a large set.
+      // Rounds that take their pages from the dirty log go through WasmPageEncoder (compare,
+      // encode and shadow update of a whole slice in one wasm call, ~0.5 us per page).
       const shadowBytes = localPages * PAGE_SIZE;
-      const area = this.vm.hostArea?.(shadowBytes + DELTA_OUT_BYTES);
-      // (Should the encoder not load, the JS one does the work: the report says which ran.)
-      const fastDeltaLoaded = area !== undefined ? WasmDelta.create(area.memory, area.offset + shadowBytes, defaultCacheDir()).catch(() => undefined) : Promise.resolve(undefined);
+      const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
+      const encoderScratch = shadowBytes + DELTA_OUT_BYTES + 16;
+      const area = this.vm.hostArea?.(encoderScratch + pageEncoderScratchBytes(slicePages, LIVE_DEFAULTS.batchBytes));
+      // (Should the encoders not load, the JS ones do the work: the report says which ran.)
+      const cacheDir = defaultCacheDir();
+      const fastDeltaLoaded = area !== undefined ? WasmDelta.create(area.memory, area.offset + shadowBytes, cacheDir).catch(() => undefined) : Promise.resolve(undefined);
+      const pageEncoderLoaded =
+        area !== undefined && opts.lz4 !== true
+          ? WasmPageEncoder.create(area.memory, area.offset + (encoderScratch & ~15), slicePages, LIVE_DEFAULTS.batchBytes, cacheDir).catch(() => undefined)
+          : Promise.resolve(undefined);
       const early = new DirtyTracker(localPages, PAGE_SIZE, area !== undefined ? { shadow: () => new Uint8Array(area.memory.buffer, area.offset, shadowBytes) } : { zeroed: false });
       const prefaulted = early.prefault({ sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: () => new Promise<void>((r) => setImmediate(r)) });
       await this.waitFor("prepared", replyTimeoutMs, "prepare the VM");
       await prefaulted;
       const fastDelta = await fastDeltaLoaded;
+      const pageEncoder = await pageEncoderLoaded;
 
       const pageCount = this.sm.pageCount;
       const ramBytes = pageCount * PAGE_SIZE;
@@ -274,9 +284,25 @@ export class LiveMigrationSource {
               pages += zeros;
             }
           }
+        } else if (dirtyLog !== undefined && encoderReady) {
+          const logged = dirtyLog.harvest();
+          for (let i = 0; i < logged.length; ) {
+            if (i > 0 && !paused) await between();
+            const end = Math.min(logged.length, i + slicePages);
+            const ram = getRam();
+            const shadow = tracker.shadowView;
+            while (i < end) {
+              const r = pageEncoder!.encodePages(ram, shadow, logged, i, end, this.sm.currentRound);
+              i = r.next;
+              pages += r.dirty;
+              if (r.payload !== undefined) {
+                linkBytes += r.payload.length;
+                conn.write(...this.sm.pagesParts(r.payload));
+              }
+            }
+          }
         } else if (dirtyLog !== undefined) {
           const logged = dirtyLog.harvest();
-          const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
           for (let i = 0; i < logged.length; i += slicePages) {
             if (i > 0 && !paused) await between();
             pages += tracker.scanPages(getRam(), logged, i, Math.min(logged.length, i + slicePages), { onDirty }).length;
@@ -290,6 +316,8 @@ export class LiveMigrationSource {
         return { pages, bytes, started: r0, ms: monotonicMs() - r0, guestBefore };
       };
 
+      // The page encoder needs every page's copy at the target: true once round 0 is done.
+      let encoderReady = false;
       // Pre-copy.
       // What a page costs end to end, as page bytes moved per ms (encoding, sending, applying),
       // from the latest round that moved enough pages: the remaining set is counted in pages, and
@@ -307,6 +335,7 @@ export class LiveMigrationSource {
       for (let round = 0; ; round++) {
         this.progress("precopy", { message: `round ${round}` });
         const r = await sendRound(round === 0, false);
+        if (round === 0) encoderReady = pageEncoder !== undefined && tracker === early && tracker.knownPages() === pageCount;
         // Wait until the target has applied the round (its PONG comes after every earlier
         // frame): the round's time is then the time to move it end to end, what is left is
         // counted after that, and the guest never stops while pages are still on their way
@@ -420,7 +449,7 @@ export class LiveMigrationSource {
         rounds,
         stopReason,
         dirtyTracking: dirtyLog !== undefined ? "log" : "compare",
-        deltaEncoder: writerUsesWasm ? "wasm" : "js",
+        deltaEncoder: encoderReady || writerUsesWasm ? "wasm" : "js",
         throttleMax: this.stunner.maxLevel,
         stunnedMs: roundMs(this.stunner.stunnedMs),
         ...(sourceSha !== undefined && resumed.ramSha256 !== undefined ? { ramSha256: { source: sourceSha, target: resumed.ramSha256 } } : {}),

@@ -3,10 +3,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { deltaApply, deltaEncodeInto } from "./pages.js";
-import { PAGE_SIZE } from "./protocol.js";
+import { applyPages, deltaApply, deltaEncodeInto, encodePageInto } from "./pages.js";
+import { decodePagesPayload, PAGE_SIZE } from "./protocol.js";
 import { randInt, seededRandom } from "./testing.js";
-import { DELTA_OUT_BYTES, WasmDelta } from "./wasmdelta.js";
+import { DELTA_OUT_BYTES, pageEncoderScratchBytes, WasmDelta, WasmPageEncoder } from "./wasmdelta.js";
 
 void test("the wasm DELTA encoder writes exactly what the JS encoder writes, works in place, and gives up at the same size", async () => {
   const dir = await mkdtemp(join(tmpdir(), "hop-wasmdelta-"));
@@ -45,6 +45,68 @@ void test("the wasm DELTA encoder writes exactly what the JS encoder writes, wor
     }
     assert.ok(OUT + DELTA_OUT_BYTES <= memory.buffer.byteLength);
     assert.equal(enc.encodeInto(new Uint8Array(PAGE_SIZE), new Uint8Array(memory.buffer, 0, PAGE_SIZE), wasmOut, 0, 100), undefined, "a page outside the memory is left to the JS encoder");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+void test("the wasm page encoder writes the PAGES entries encodePageInto would (LZ4 off), updates the shadow, skips clean pages and splits full payloads", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "hop-wasmpages-"));
+  try {
+    const pageCount = 64;
+    const bytes = pageCount * PAGE_SIZE;
+    const maxList = 16;
+    const maxPayload = 3 * (PAGE_SIZE + 9) + 8 + 100; // room for three RAW pages: forces splits
+    const memory = new WebAssembly.Memory({ initial: Math.ceil((2 * bytes + pageEncoderScratchBytes(maxList, maxPayload)) / 65536) + 1 });
+    const enc = await WasmPageEncoder.create(memory, 2 * bytes, maxList, maxPayload, dir);
+    const ram = new Uint8Array(memory.buffer, 0, bytes);
+    const shadow = new Uint8Array(memory.buffer, bytes, bytes);
+    const rand = seededRandom(5);
+    for (let i = 0; i < bytes; i++) ram[i] = i % 3 === 0 ? randInt(rand, 256) : 0;
+    shadow.set(ram);
+    const before = Uint8Array.from(shadow);
+    // Changed: one byte, a run, the whole page (RAW), zeroed (ZERO); the rest listed but clean.
+    const change: Record<number, (off: number) => void> = {
+      1: (off) => (ram[off + 5] = (ram[off + 5]! + 1) & 0xff),
+      7: (off) => ram.fill(0x33, off + 100, off + 180),
+      9: (off) => { for (let i = 0; i < PAGE_SIZE; i++) ram[off + i] = randInt(rand, 256); },
+      12: (off) => ram.fill(0, off, off + PAGE_SIZE),
+      13: (off) => { for (let i = 0; i < PAGE_SIZE; i++) ram[off + i] = randInt(rand, 256); },
+      20: (off) => { for (let i = 0; i < PAGE_SIZE; i++) ram[off + i] = randInt(rand, 256); },
+      21: (off) => { for (let i = 0; i < PAGE_SIZE; i++) ram[off + i] = randInt(rand, 256); },
+      63: (off) => (ram[off + PAGE_SIZE - 1] = (ram[off + PAGE_SIZE - 1]! + 1) & 0xff),
+    };
+    for (const [p, f] of Object.entries(change)) f(Number(p) * PAGE_SIZE);
+    const expected = Uint8Array.from(ram);
+    const list = [0, 1, 2, 7, 9, 12, 13, 20, 21, 30, 63];
+    const target = Uint8Array.from(before);
+    const seen: number[] = [];
+    let payloads = 0;
+    for (let i = 0; i < list.length; ) {
+      const r = enc.encodePages(ram, shadow, list, i, list.length, 4);
+      assert.ok(r.next > i, "progress");
+      i = r.next;
+      if (r.payload === undefined) continue;
+      payloads++;
+      assert.ok(r.payload.length <= maxPayload);
+      const { round, pages } = decodePagesPayload(r.payload);
+      assert.equal(round, 4);
+      assert.equal(pages.length, r.dirty);
+      for (const e of pages) {
+        seen.push(e.index);
+        const off = e.index * PAGE_SIZE;
+        const js = encodePageInto(expected.subarray(off, off + PAGE_SIZE), before.subarray(off, off + PAGE_SIZE), new Uint8Array(PAGE_SIZE), 0, { lz4: false });
+        assert.equal(e.encoding, js.encoding, `page ${e.index}: encoding`);
+        assert.equal(e.data.length, js.length, `page ${e.index}: length`);
+      }
+      applyPages(target, pages);
+    }
+    assert.deepEqual(seen, [1, 7, 9, 12, 13, 20, 21, 63], "only the changed pages, in list order");
+    assert.ok(payloads >= 2, "the payload limit split the batch");
+    assert.deepEqual(target, expected, "the target's copy equals RAM");
+    assert.deepEqual(Uint8Array.from(shadow), expected, "the shadow took the new content");
+    assert.equal(enc.encodePages(ram, shadow, list, 0, list.length, 5).dirty, 0, "nothing is dirty any more");
+    assert.throws(() => enc.encodePages(ram, shadow, [pageCount], 0, 1, 5), RangeError);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

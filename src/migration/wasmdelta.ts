@@ -12,6 +12,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { PAGES_HEADER_BYTES } from "./protocol.js";
 
 /** Bytes the encoder may write past `out` (a page of output plus a varint pair). */
 export const DELTA_OUT_BYTES = 4096 + 32;
@@ -30,7 +31,7 @@ const WAT = `
     (i32.store8 (local.get $op) (local.get $v))
     (i32.add (local.get $op) (i32.const 1)))
   ;; delta(cur, prev, n, out, max) -> bytes written at out, or -1 when more than max are needed
-  (func (export "delta") (param $cur i32) (param $prev i32) (param $n i32) (param $out i32) (param $max i32) (result i32)
+  (func $delta (export "delta") (param $cur i32) (param $prev i32) (param $n i32) (param $out i32) (param $max i32) (result i32)
     (local $i i32) (local $z i32) (local $s i32) (local $g i32) (local $op i32) (local $end i32) (local $k i32) (local $lit i32)
     (local.set $op (local.get $out))
     (local.set $end (i32.add (local.get $out) (local.get $max)))
@@ -96,7 +97,68 @@ const WAT = `
             (br $xor)))
         (local.set $op (i32.add (local.get $op) (local.get $lit)))
         (br $run)))
-    (i32.sub (local.get $op) (local.get $out))))
+    (i32.sub (local.get $op) (local.get $out)))
+  ;; 1 when the n bytes at a and b are equal (n a multiple of 16)
+  (func $equal (param $a i32) (param $b i32) (param $n i32) (result i32)
+    (local $i i32)
+    (block $differ
+      (loop $next
+        (if (i32.ge_u (local.get $i) (local.get $n)) (then (return (i32.const 1))))
+        (br_if $differ (v128.any_true (v128.xor
+          (v128.load align=1 (i32.add (local.get $a) (local.get $i)))
+          (v128.load align=1 (i32.add (local.get $b) (local.get $i))))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $next)))
+    (i32.const 0))
+  ;; 1 when the n bytes at a are zero (n a multiple of 16)
+  (func $zero (param $a i32) (param $n i32) (result i32)
+    (local $i i32)
+    (block $nonzero
+      (loop $next
+        (if (i32.ge_u (local.get $i) (local.get $n)) (then (return (i32.const 1))))
+        (br_if $nonzero (v128.any_true (v128.load align=1 (i32.add (local.get $a) (local.get $i)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $next)))
+    (i32.const 0))
+  ;; encode_pages(ram, shadow, list, n, out, cap, res): for the pages list[0..n) (u32 page
+  ;; numbers), each that differs from its shadow copy becomes a PAGES entry at out (u32 page,
+  ;; u8 encoding, u32 length, data: ZERO, else DELTA against the shadow, else RAW) and the
+  ;; shadow takes its content. Stops before an entry could pass out + cap. res[0]: list
+  ;; entries consumed, res[1]: bytes written, res[2]: entries written.
+  (func (export "encode_pages") (param $ram i32) (param $shadow i32) (param $list i32) (param $n i32) (param $out i32) (param $cap i32) (param $res i32)
+    (local $i i32) (local $p i32) (local $cur i32) (local $prev i32) (local $op i32) (local $end i32) (local $len i32) (local $enc i32) (local $count i32)
+    (local.set $op (local.get $out))
+    (local.set $end (i32.add (local.get $out) (local.get $cap)))
+    (block $done
+      (loop $page
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $p (i32.load align=1 (i32.add (local.get $list) (i32.shl (local.get $i) (i32.const 2)))))
+        (local.set $cur (i32.add (local.get $ram) (i32.shl (local.get $p) (i32.const 12))))
+        (local.set $prev (i32.add (local.get $shadow) (i32.shl (local.get $p) (i32.const 12))))
+        (if (i32.eqz (call $equal (local.get $cur) (local.get $prev) (i32.const 4096)))
+          (then
+            (br_if $done (i32.gt_u (i32.add (local.get $op) (i32.const 4105)) (local.get $end)))
+            (if (call $zero (local.get $cur) (i32.const 4096))
+              (then (local.set $enc (i32.const 0)) (local.set $len (i32.const 0)))
+              (else
+                (local.set $len (call $delta (local.get $cur) (local.get $prev) (i32.const 4096) (i32.add (local.get $op) (i32.const 9)) (i32.const 4095)))
+                (if (i32.lt_s (local.get $len) (i32.const 0))
+                  (then
+                    (local.set $enc (i32.const 1))
+                    (local.set $len (i32.const 4096))
+                    (memory.copy (i32.add (local.get $op) (i32.const 9)) (local.get $cur) (i32.const 4096)))
+                  (else (local.set $enc (i32.const 2))))))
+            (i32.store align=1 (local.get $op) (local.get $p))
+            (i32.store8 offset=4 (local.get $op) (local.get $enc))
+            (i32.store offset=5 align=1 (local.get $op) (local.get $len))
+            (local.set $op (i32.add (local.get $op) (i32.add (i32.const 9) (local.get $len))))
+            (memory.copy (local.get $prev) (local.get $cur) (i32.const 4096))
+            (local.set $count (i32.add (local.get $count) (i32.const 1)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $page)))
+    (i32.store (local.get $res) (local.get $i))
+    (i32.store offset=4 (local.get $res) (i32.sub (local.get $op) (local.get $out)))
+    (i32.store offset=8 (local.get $res) (local.get $count))))
 `;
 
 /** Assembles the module (binaryen, loaded only here). */
@@ -104,7 +166,7 @@ export async function assembleDeltaModule(): Promise<Uint8Array<ArrayBuffer>> {
   const binaryen = (await import("binaryen")).default;
   const m = binaryen.parseText(WAT);
   try {
-    m.setFeatures(binaryen.Features.MVP | binaryen.Features.SIMD128);
+    m.setFeatures(binaryen.Features.MVP | binaryen.Features.SIMD128 | binaryen.Features.BulkMemory | binaryen.Features.BulkMemoryOpt);
     if (!m.validate()) throw new Error("the DELTA encoder module does not validate");
     m.optimize();
     return new Uint8Array(m.emitBinary());
@@ -176,5 +238,73 @@ export class WasmDelta {
     if (len < 0) return -1;
     dest.set(new Uint8Array(buffer, this.out, len), off);
     return len;
+  }
+}
+
+/** Scratch the page encoder needs beyond the shadow: results, a page list, one PAGES payload. */
+export function pageEncoderScratchBytes(maxListPages: number, maxPayloadBytes: number): number {
+  return 16 + 4 * maxListPages + maxPayloadBytes + 16;
+}
+
+type EncodePagesFn = (ram: number, shadow: number, list: number, n: number, out: number, cap: number, res: number) => void;
+
+/**
+ * Finds, encodes and records the dirty pages of a list in one wasm call per PAGES payload: for
+ * each listed page that differs from the shadow it writes a PAGES entry (ZERO, else DELTA
+ * against the shadow, else RAW: encodePageInto's choice with LZ4 off) and copies the page into
+ * the shadow. RAM and the shadow must lie in the encoder's memory, and the target must hold
+ * every page's shadow copy (true after round 0). ~0.4 us per page that changed in one byte,
+ * against ~1.25 us through DirtyTracker.scanPages and PageBatchWriter.
+ */
+export class WasmPageEncoder {
+  private constructor(
+    private readonly memory: WebAssembly.Memory,
+    private readonly fn: EncodePagesFn,
+    private readonly resAt: number,
+    private readonly listAt: number,
+    private readonly maxList: number,
+    private readonly outAt: number,
+    private readonly maxPayload: number,
+  ) {}
+
+  /** `scratch`: pageEncoderScratchBytes(maxListPages, maxPayloadBytes) bytes of the memory, 16-byte aligned. */
+  static async create(memory: WebAssembly.Memory, scratch: number, maxListPages: number, maxPayloadBytes: number, cacheDir: string): Promise<WasmPageEncoder> {
+    const instance = await WebAssembly.instantiate(await deltaModule(cacheDir), { env: { memory } });
+    const fn = instance.exports["encode_pages"];
+    if (typeof fn !== "function") throw new Error("the page encoder module has no encode_pages function");
+    const listAt = scratch + 16;
+    const outAt = listAt + 4 * maxListPages;
+    return new WasmPageEncoder(memory, fn as EncodePagesFn, scratch, listAt, maxListPages, outAt, maxPayloadBytes);
+  }
+
+  /**
+   * Encodes the dirty pages among pages[from..to) (page numbers of `ram`, whose shadow is at
+   * `shadow` in the same memory) into one PAGES payload for `round`. Returns where to go on
+   * from (`next`; less than `to` when the payload is full), how many pages were dirty, and the
+   * payload (undefined when none was).
+   */
+  encodePages(ram: Uint8Array, shadow: Uint8Array, pages: ArrayLike<number>, from: number, to: number, round: number): { next: number; dirty: number; payload: Buffer | undefined } {
+    const buffer = this.memory.buffer;
+    if (ram.buffer !== buffer || shadow.buffer !== buffer || shadow.length < ram.length) throw new RangeError("RAM and its shadow must lie in the page encoder's memory");
+    const n = Math.min(to - from, this.maxList);
+    const list = new Uint32Array(buffer, this.listAt, n);
+    const pageCount = ram.length / 4096;
+    for (let k = 0; k < n; k++) {
+      const p = pages[from + k]!;
+      if (!(p >= 0 && p < pageCount)) throw new RangeError(`page ${p} is outside [0, ${pageCount})`);
+      list[k] = p;
+    }
+    this.fn(ram.byteOffset, shadow.byteOffset, this.listAt, n, this.outAt + PAGES_HEADER_BYTES, this.maxPayload - PAGES_HEADER_BYTES, this.resAt);
+    const res = new Uint32Array(buffer, this.resAt, 3);
+    const consumed = res[0]!;
+    const bytes = res[1]!;
+    const count = res[2]!;
+    if (consumed === 0 && n > 0) throw new Error(`the page payload limit (${this.maxPayload} bytes) holds no page`);
+    if (count === 0) return { next: from + consumed, dirty: 0, payload: undefined };
+    const payload = Buffer.allocUnsafe(PAGES_HEADER_BYTES + bytes);
+    payload.writeUInt32LE(round, 0);
+    payload.writeUInt32LE(count, 4);
+    payload.set(new Uint8Array(buffer, this.outAt + PAGES_HEADER_BYTES, bytes), PAGES_HEADER_BYTES);
+    return { next: from + consumed, dirty: count, payload };
   }
 }
