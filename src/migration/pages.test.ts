@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { isZeroPage } from "./dirty.js";
 import { lz4CompressBlock, lz4CompressBound, lz4DecompressBlock, Lz4FormatError } from "./lz4.js";
-import { applyPage, applyPages, deltaApply, deltaEncodeInto, encodePage, PageBatchWriter } from "./pages.js";
+import { applyPage, applyPages, applyZeroPages, deltaApply, deltaEncodeInto, encodePage, PageBatchWriter } from "./pages.js";
 import { decodePagesPayload, MigrationError, PAGE_SIZE, PageEncoding, pageEncodingName } from "./protocol.js";
 import { randInt, randomFill, seededRandom } from "./testing.js";
 
@@ -315,4 +315,17 @@ void test("isZeroPage", () => {
   assert.ok(isZeroPage(two));
   two[2 * PAGE_SIZE + 9] = 4;
   assert.ok(!isZeroPage(two));
+});
+
+void test("applyZeroPages with a written map skips pages known to be zero (never written) and zeroes the others", () => {
+  const ram = new Uint8Array(8 * PAGE_SIZE);
+  ram.fill(7, 3 * PAGE_SIZE, 5 * PAGE_SIZE); // pages 3 and 4 hold data
+  const written = new Uint8Array(8);
+  written[4] = 1;
+  // bitmap: pages 2, 3, 4 are zero at the source
+  applyZeroPages(ram, 0, 8, Uint8Array.from([0b00011100]), PAGE_SIZE, written);
+  assert.equal(ram[3 * PAGE_SIZE], 7, "page 3 is taken on trust as never written: not read, not cleared");
+  assert.ok(ram.subarray(4 * PAGE_SIZE, 5 * PAGE_SIZE).every((b) => b === 0), "page 4 was written: it is zeroed");
+  applyZeroPages(ram, 0, 8, Uint8Array.from([0b00001000]));
+  assert.equal(ram[3 * PAGE_SIZE], 0, "without the map every named page is checked");
 });

@@ -201,13 +201,18 @@ export function applyPage(ram: Uint8Array, page: { index: number; encoding: Page
   }
 }
 
-/** Zeroes the pages a ZERO_PAGES bitmap names (pages already zero are only read, never written). */
-export function applyZeroPages(ram: Uint8Array, firstPage: number, count: number, bitmap: Uint8Array, pageSize = PAGE_SIZE): void {
+/**
+ * Zeroes the pages a ZERO_PAGES bitmap names (pages already zero are only read, never written).
+ * `written`, if given, marks the pages written since RAM was last known to be all zero: the
+ * others are skipped without being read (in round 0 that is every zero page).
+ */
+export function applyZeroPages(ram: Uint8Array, firstPage: number, count: number, bitmap: Uint8Array, pageSize = PAGE_SIZE, written?: Uint8Array): void {
   if ((firstPage + count) * pageSize > ram.length) {
     throw new MigrationProtocolError("MIGRATION_PAGE_OUT_OF_RANGE", `zero pages [${firstPage}, ${firstPage + count}) lie outside RAM of ${ram.length / pageSize} pages`);
   }
   for (let i = 0; i < count; i++) {
     if ((((bitmap[i >> 3] ?? 0) >> (i & 7)) & 1) === 0) continue;
+    if (written !== undefined && written[firstPage + i] !== 1) continue;
     const off = (firstPage + i) * pageSize;
     if (!isZeroPage(ram.subarray(off, off + pageSize))) ram.fill(0, off, off + pageSize);
   }

@@ -9,7 +9,7 @@
 import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import { applyPages, applyZeroPages } from "./pages.js";
-import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, type Frame, type MigrationError } from "./protocol.js";
+import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, PAGE_SIZE, PageEncoding, type Frame, type MigrationError } from "./protocol.js";
 import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
 import { FrameConnection } from "./transport.js";
 import type { Migratable } from "./vm.js";
@@ -58,6 +58,8 @@ export class LiveMigrationTarget {
   private settled = false;
   private restoreMs = 0;
   private stateBytes = 0;
+  /** Pages written with data since prepare zeroed RAM: a ZERO page that is not is zero already. */
+  private written: Uint8Array | undefined;
   private pausedAtMs = 0;
   private guestClockMs = 0;
 
@@ -155,13 +157,17 @@ export class LiveMigrationTarget {
         // Fault the RAM in now, before the first round: page faults while pages stream in
         // would halve the rate at which they can be applied.
         ram.fill(0);
+        this.written = new Uint8Array(a.pageCount);
         return this.sm.prepared();
       }
-      case "writePages":
+      case "writePages": {
         applyPages(this.vm.ram(), a.pages);
+        const written = this.written;
+        if (written !== undefined) for (const p of a.pages) if (p.encoding !== PageEncoding.Zero) written[p.index] = 1;
         return undefined;
+      }
       case "zeroPages":
-        applyZeroPages(this.vm.ram(), a.firstPage, a.count, a.bitmap);
+        applyZeroPages(this.vm.ram(), a.firstPage, a.count, a.bitmap, PAGE_SIZE, this.written);
         return undefined;
       case "roundComplete":
         if (this.stateBytes === 0) this.hooks.precopyRoundApplied?.(a.round);
