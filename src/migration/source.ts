@@ -185,11 +185,10 @@ export class LiveMigrationSource {
       conn.write(this.sm.hello());
       // While the target prepares: fault in the shadow of the guest's RAM, a slice at a time.
       const localPages = Math.floor(this.vm.ram().length / PAGE_SIZE);
-      // The shadow lives in the engine's wasm memory where it can: pages are then delta-encoded
-      // in place by the wasm encoder (~4x faster than the JS one), which matters most for the
-      // final round of a guest that keeps rewriting a large set.
-      // Rounds that take their pages from the dirty log go through WasmPageEncoder (compare,
-      // encode and shadow update of a whole slice in one wasm call, ~0.5 us per page).
+      // The shadow lives in the engine's wasm memory where it can, so that pages are handled in
+      // place by wasm: rounds from the dirty log go through WasmPageEncoder (compare, encode and
+      // shadow update in one call per payload, ~0.5 us a page), other rounds' DELTAs through
+      // WasmDelta. That matters most for the final round of a guest rewriting a large set.
       const shadowBytes = localPages * PAGE_SIZE;
       const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
       const encoderScratch = shadowBytes + DELTA_OUT_BYTES + 16;
