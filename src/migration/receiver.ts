@@ -96,7 +96,8 @@ export interface ReceiverOptions {
 
 export type ReceiverAction =
   | { kind: "prepare"; config: VmMigrationConfig; pageCount: number }
-  | { kind: "writePages"; round: number; pages: PageEntry[] }
+  /** `payload` is the PAGES payload the entries were decoded from (their data are views into it). */
+  | { kind: "writePages"; round: number; pages: PageEntry[]; payload: Buffer }
   /** Pages that are zero (bitmap over [firstPage, firstPage + count), bit set = zero). */
   | { kind: "zeroPages"; round: number; firstPage: number; count: number; bitmap: Buffer }
   | { kind: "roundComplete"; round: number; pages: number; bytes: number }
@@ -250,7 +251,7 @@ export class ReceiverStateMachine {
           this.roundBytes += frame.payload.length;
           this.stats.pages += m.pages.length;
           this.stats.bytes += frame.payload.length;
-          return { replies: [], actions: [{ kind: "writePages", round: m.round, pages: m.pages }] };
+          return { replies: [], actions: [{ kind: "writePages", round: m.round, pages: m.pages, payload: frame.payload }] };
         }
         case Command.ZeroPages: {
           if (m.round !== this.round) throw new MigrationProtocolError("MIGRATION_ROUND_MISMATCH", `ZERO_PAGES for round ${m.round} during round ${this.round}`);

@@ -12,6 +12,11 @@ import { applyPages, applyZeroPages } from "./pages.js";
 import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, PAGE_SIZE, PageEncoding, type Frame, type MigrationError } from "./protocol.js";
 import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
 import { FrameConnection } from "./transport.js";
+import { WasmPageApplier } from "./wasmdelta.js";
+import { defaultCacheDir } from "../common/paths.js";
+
+/** Payloads up to this size are applied in wasm (the source's are 1 MiB); larger ones by the JS path. */
+const APPLY_SCRATCH_BYTES = 2 * 1024 * 1024;
 import type { Migratable } from "./vm.js";
 import { monotonicMs, roundMs } from "../common/time.js";
 
@@ -60,6 +65,7 @@ export class LiveMigrationTarget {
   private stateBytes = 0;
   /** Pages written with data since prepare zeroed RAM: a ZERO page that is not is zero already. */
   private written: Uint8Array | undefined;
+  private applier: WasmPageApplier | undefined;
   private pausedAtMs = 0;
   private guestClockMs = 0;
 
@@ -158,10 +164,14 @@ export class LiveMigrationTarget {
         // would halve the rate at which they can be applied.
         ram.fill(0);
         this.written = new Uint8Array(a.pageCount);
+        // Payloads are applied in wasm where the engine's memory can hold a scratch copy.
+        const area = this.vm.hostArea?.(APPLY_SCRATCH_BYTES);
+        if (area !== undefined) this.applier = await WasmPageApplier.create(area.memory, area.offset, APPLY_SCRATCH_BYTES, defaultCacheDir()).catch(() => undefined);
         return this.sm.prepared();
       }
       case "writePages": {
-        applyPages(this.vm.ram(), a.pages);
+        const ram = this.vm.ram();
+        if (this.applier?.apply(ram, a.payload) !== true) applyPages(ram, a.pages);
         const written = this.written;
         if (written !== undefined) for (const p of a.pages) if (p.encoding !== PageEncoding.Zero) written[p.index] = 1;
         return undefined;

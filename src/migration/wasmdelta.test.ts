@@ -3,10 +3,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { applyPages, deltaApply, deltaEncodeInto, encodePageInto } from "./pages.js";
+import { applyPages, deltaApply, deltaEncodeInto, encodePageInto, PageBatchWriter } from "./pages.js";
 import { decodePagesPayload, PAGE_SIZE } from "./protocol.js";
 import { randInt, seededRandom } from "./testing.js";
-import { DELTA_OUT_BYTES, pageEncoderScratchBytes, WasmDelta, WasmPageEncoder } from "./wasmdelta.js";
+import { DELTA_OUT_BYTES, pageEncoderScratchBytes, WasmDelta, WasmPageApplier, WasmPageEncoder } from "./wasmdelta.js";
 
 void test("the wasm DELTA encoder writes exactly what the JS encoder writes, works in place, and gives up at the same size", async () => {
   const dir = await mkdtemp(join(tmpdir(), "hop-wasmdelta-"));
@@ -107,6 +107,65 @@ void test("the wasm page encoder writes the PAGES entries encodePageInto would (
     assert.deepEqual(Uint8Array.from(shadow), expected, "the shadow took the new content");
     assert.equal(enc.encodePages(ram, shadow, list, 0, list.length, 5).dirty, 0, "nothing is dirty any more");
     assert.throws(() => enc.encodePages(ram, shadow, [pageCount], 0, 1, 5), RangeError);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+void test("the wasm page applier does what applyPages does (ZERO, RAW, DELTA), leaves LZ4 payloads to JS untouched, and refuses bad DELTAs and pages outside RAM", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "hop-wasmapply-"));
+  try {
+    const pageCount = 32;
+    const bytes = pageCount * PAGE_SIZE;
+    const memory = new WebAssembly.Memory({ initial: Math.ceil((bytes + (1 << 20)) / 65536) + 1 });
+    const applier = await WasmPageApplier.create(memory, bytes, 1 << 20, dir);
+    const ram = new Uint8Array(memory.buffer, 0, bytes);
+    const rand = seededRandom(9);
+    const old = new Uint8Array(bytes);
+    for (let i = 0; i < bytes; i++) old[i] = i % 5 === 0 ? randInt(rand, 256) : 0;
+    const next = Uint8Array.from(old);
+    for (let p = 0; p < pageCount; p++) {
+      const off = p * PAGE_SIZE;
+      if (p % 4 === 0) next.fill(0, off, off + PAGE_SIZE);
+      else if (p % 4 === 1) for (let i = 0; i < PAGE_SIZE; i++) next[off + i] = randInt(rand, 256);
+      else next[off + ((p * 37) % PAGE_SIZE)]! ^= 0x5a;
+    }
+    const writer = new PageBatchWriter({ maxBytes: 1 << 20, encode: { lz4: false } });
+    writer.begin(1);
+    for (let p = 0; p < pageCount; p++) writer.add(p, next.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), old.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
+    const payload = Buffer.from(writer.take()!);
+    const kinds = new Set(decodePagesPayload(payload).pages.map((e) => e.encoding));
+    assert.ok(kinds.has(0) && kinds.has(1) && kinds.has(2), "ZERO, RAW and DELTA entries");
+    ram.set(old);
+    assert.equal(applier.apply(ram, payload), true);
+    assert.deepEqual(Uint8Array.from(ram), next, "RAM equals the new content");
+    const js = Uint8Array.from(old);
+    applyPages(js, decodePagesPayload(payload).pages);
+    assert.deepEqual(js, next, "as applyPages does");
+
+    // An LZ4 entry: left to JS, RAM untouched.
+    const lz4Writer = new PageBatchWriter({ maxBytes: 1 << 20, encode: { lz4: true } });
+    lz4Writer.begin(1);
+    const text = Buffer.alloc(PAGE_SIZE, "hopvisor ");
+    lz4Writer.add(3, next.subarray(3 * PAGE_SIZE, 4 * PAGE_SIZE), old.subarray(3 * PAGE_SIZE, 4 * PAGE_SIZE));
+    lz4Writer.add(5, text);
+    const withLz4 = Buffer.from(lz4Writer.take()!);
+    assert.ok(decodePagesPayload(withLz4).pages.some((e) => e.encoding === 3), "the payload has an LZ4 entry");
+    ram.set(old);
+    assert.equal(applier.apply(ram, withLz4), false);
+    assert.deepEqual(Uint8Array.from(ram), old, "nothing applied");
+
+    // A DELTA whose runs pass the end of the page, and a page outside RAM.
+    const bad = Buffer.from(payload);
+    const entries = decodePagesPayload(bad).pages;
+    const delta = entries.find((e) => e.encoding === 2)!;
+    const at = delta.data.byteOffset - bad.byteOffset;
+    bad[at] = 0xff; // zero run of 127 + more...
+    bad[at + 1] = 0x7f; // ...16383: past the page
+    assert.throws(() => applier.apply(ram, bad), /invalid DELTA/);
+    const outside = Buffer.from(payload);
+    outside.writeUInt32LE(pageCount, 8);
+    assert.throws(() => applier.apply(ram, outside), (e: Error & { code?: string }) => e.code === "MIGRATION_PAGE_OUT_OF_RANGE");
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -12,7 +12,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { PAGES_HEADER_BYTES } from "./protocol.js";
+import { MigrationProtocolError, PAGES_HEADER_BYTES } from "./protocol.js";
 
 /** Bytes the encoder may write past `out` (a page of output plus a varint pair). */
 export const DELTA_OUT_BYTES = 4096 + 32;
@@ -158,7 +158,90 @@ const WAT = `
         (br $page)))
     (i32.store (local.get $res) (local.get $i))
     (i32.store offset=4 (local.get $res) (i32.sub (local.get $op) (local.get $out)))
-    (i32.store offset=8 (local.get $res) (local.get $count))))
+    (i32.store offset=8 (local.get $res) (local.get $count)))
+  ;; apply_pages(ram, pageCount, payload, len) -> 0, or an error: 1 malformed entry, 2 page out of
+  ;; range, 3 LZ4 entry (left to JS; nothing is applied then), 4 bad DELTA. PAGES format as
+  ;; written by encode_pages; DELTA entries are XOR-ed into RAM in place (see pages.ts).
+  (func (export "apply_pages") (param $ram i32) (param $pages i32) (param $payload i32) (param $len i32) (result i32)
+    (local $ip i32) (local $end i32) (local $p i32) (local $enc i32) (local $n i32) (local $data i32) (local $dst i32)
+    (local $q i32) (local $qend i32) (local $pos i32) (local $v i32) (local $shift i32) (local $b i32) (local $zr i32) (local $lit i32) (local $k i32) (local $pass i32)
+    (local.set $end (i32.add (local.get $payload) (local.get $len)))
+    ;; pass 0 checks every entry's header (and that there is no LZ4), pass 1 applies
+    (loop $passes
+      (local.set $ip (i32.add (local.get $payload) (i32.const 8)))
+      (block $entriesdone
+        (loop $entry
+          (br_if $entriesdone (i32.ge_u (local.get $ip) (local.get $end)))
+          (if (i32.gt_u (i32.add (local.get $ip) (i32.const 9)) (local.get $end)) (then (return (i32.const 1))))
+          (local.set $p (i32.load align=1 (local.get $ip)))
+          (local.set $enc (i32.load8_u offset=4 (local.get $ip)))
+          (local.set $n (i32.load offset=5 align=1 (local.get $ip)))
+          (local.set $data (i32.add (local.get $ip) (i32.const 9)))
+          (if (i32.gt_u (local.get $n) (i32.sub (local.get $end) (local.get $data))) (then (return (i32.const 1))))
+          (if (i32.ge_u (local.get $p) (local.get $pages)) (then (return (i32.const 2))))
+          (local.set $dst (i32.add (local.get $ram) (i32.shl (local.get $p) (i32.const 12))))
+          (if (i32.eq (local.get $enc) (i32.const 3)) (then (return (i32.const 3))))
+          (if (i32.eqz (local.get $pass))
+            (then
+              (if (i32.gt_u (local.get $enc) (i32.const 3)) (then (return (i32.const 1))))
+              (if (i32.and (i32.eqz (local.get $enc)) (i32.ne (local.get $n) (i32.const 0))) (then (return (i32.const 1))))
+              (if (i32.and (i32.eq (local.get $enc) (i32.const 1)) (i32.ne (local.get $n) (i32.const 4096))) (then (return (i32.const 1))))
+              (if (i32.and (i32.eq (local.get $enc) (i32.const 2)) (i32.or (i32.eqz (local.get $n)) (i32.gt_u (local.get $n) (i32.const 4096)))) (then (return (i32.const 1)))))
+            (else
+              (if (i32.eqz (local.get $enc))
+                (then (if (i32.eqz (call $zero (local.get $dst) (i32.const 4096))) (then (memory.fill (local.get $dst) (i32.const 0) (i32.const 4096))))))
+              (if (i32.eq (local.get $enc) (i32.const 1))
+                (then (memory.copy (local.get $dst) (local.get $data) (i32.const 4096))))
+              (if (i32.eq (local.get $enc) (i32.const 2))
+                (then
+                  ;; runs of (zeroRun varint, literalLength varint, literals) until the page is covered
+                  (local.set $q (local.get $data))
+                  (local.set $qend (i32.add (local.get $data) (local.get $n)))
+                  (local.set $pos (i32.const 0))
+                  (block $deltadone
+                    (loop $run
+                      (br_if $deltadone (i32.ge_u (local.get $pos) (i32.const 4096)))
+                      ;; two varints: zero run, then literal length
+                      (local.set $k (i32.const 0))
+                      (loop $twovarints
+                        (local.set $v (i32.const 0))
+                        (local.set $shift (i32.const 0))
+                        (block $vdone
+                          (loop $vbyte
+                            (if (i32.ge_u (local.get $q) (local.get $qend)) (then (return (i32.const 4))))
+                            (local.set $b (i32.load8_u (local.get $q)))
+                            (local.set $q (i32.add (local.get $q) (i32.const 1)))
+                            (if (i32.gt_u (local.get $shift) (i32.const 21)) (then (return (i32.const 4))))
+                            (local.set $v (i32.or (local.get $v) (i32.shl (i32.and (local.get $b) (i32.const 127)) (local.get $shift))))
+                            (br_if $vdone (i32.eqz (i32.and (local.get $b) (i32.const 128))))
+                            (local.set $shift (i32.add (local.get $shift) (i32.const 7)))
+                            (br $vbyte)))
+                        (if (i32.eqz (local.get $k)) (then (local.set $zr (local.get $v))) (else (local.set $lit (local.get $v))))
+                        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+                        (br_if $twovarints (i32.lt_u (local.get $k) (i32.const 2))))
+                      (if (i32.eqz (i32.or (local.get $zr) (local.get $lit))) (then (return (i32.const 4))))
+                      (if (i32.gt_u (local.get $zr) (i32.sub (i32.const 4096) (local.get $pos))) (then (return (i32.const 4))))
+                      (local.set $pos (i32.add (local.get $pos) (local.get $zr)))
+                      (if (i32.gt_u (local.get $lit) (i32.sub (i32.const 4096) (local.get $pos))) (then (return (i32.const 4))))
+                      (if (i32.gt_u (local.get $lit) (i32.sub (local.get $qend) (local.get $q))) (then (return (i32.const 4))))
+                      (local.set $k (i32.const 0))
+                      (block $xdone
+                        (loop $x
+                          (br_if $xdone (i32.ge_u (local.get $k) (local.get $lit)))
+                          (i32.store8 (i32.add (local.get $dst) (i32.add (local.get $pos) (local.get $k)))
+                            (i32.xor (i32.load8_u (i32.add (local.get $dst) (i32.add (local.get $pos) (local.get $k))))
+                                     (i32.load8_u (i32.add (local.get $q) (local.get $k)))))
+                          (local.set $k (i32.add (local.get $k) (i32.const 1)))
+                          (br $x)))
+                      (local.set $q (i32.add (local.get $q) (local.get $lit)))
+                      (local.set $pos (i32.add (local.get $pos) (local.get $lit)))
+                      (br $run)))
+                  (if (i32.ne (local.get $q) (local.get $qend)) (then (return (i32.const 4))))))))
+          (local.set $ip (i32.add (local.get $data) (local.get $n)))
+          (br $entry)))
+      (local.set $pass (i32.add (local.get $pass) (i32.const 1)))
+      (br_if $passes (i32.lt_u (local.get $pass) (i32.const 2))))
+    (i32.const 0)))
 `;
 
 /** Assembles the module (binaryen, loaded only here). */
@@ -306,5 +389,50 @@ export class WasmPageEncoder {
     payload.writeUInt32LE(count, 4);
     payload.set(new Uint8Array(buffer, this.outAt + PAGES_HEADER_BYTES, bytes), PAGES_HEADER_BYTES);
     return { next: from + consumed, dirty: count, payload };
+  }
+}
+
+type ApplyPagesFn = (ram: number, pages: number, payload: number, len: number) => number;
+
+/**
+ * Applies a PAGES payload to guest RAM in wasm (ZERO, RAW and DELTA entries; a payload with an
+ * LZ4 entry is left to the JS path, untouched). The payload is copied into a scratch area of
+ * the engine's memory first: one copy of the payload instead of a JS loop per byte of every
+ * DELTA. Checks what it applies as the JS path does (MIGRATION_PAGE_OUT_OF_RANGE,
+ * MIGRATION_PAGE_ENCODING).
+ */
+export class WasmPageApplier {
+  private constructor(
+    private readonly memory: WebAssembly.Memory,
+    private readonly fn: ApplyPagesFn,
+    private readonly scratch: number,
+    readonly maxPayload: number,
+  ) {}
+
+  static async create(memory: WebAssembly.Memory, scratch: number, maxPayload: number, cacheDir: string): Promise<WasmPageApplier> {
+    const instance = await WebAssembly.instantiate(await deltaModule(cacheDir), { env: { memory } });
+    const fn = instance.exports["apply_pages"];
+    if (typeof fn !== "function") throw new Error("the page module has no apply_pages function");
+    return new WasmPageApplier(memory, fn as ApplyPagesFn, scratch, maxPayload);
+  }
+
+  /** True when applied; false when the payload is left to the JS path (too big, or LZ4 entries). */
+  apply(ram: Uint8Array, payload: Uint8Array): boolean {
+    const buffer = this.memory.buffer;
+    if (ram.buffer !== buffer || payload.length > this.maxPayload || ram.length % 4096 !== 0) return false;
+    new Uint8Array(buffer, this.scratch, payload.length).set(payload);
+    const err = this.fn(ram.byteOffset, ram.length / 4096, this.scratch, payload.length);
+    switch (err) {
+      case 0:
+        return true;
+      case 3:
+        return false;
+      case 2:
+        throw new MigrationProtocolError("MIGRATION_PAGE_OUT_OF_RANGE", `a PAGES entry names a page outside RAM of ${ram.length / 4096} pages`);
+      case 4:
+        throw new MigrationProtocolError("MIGRATION_PAGE_ENCODING", "invalid DELTA page");
+      default:
+        throw new MigrationProtocolError("MIGRATION_PAGE_ENCODING", "malformed PAGES entry");
+    }
   }
 }
