@@ -81,9 +81,7 @@ export class DirtyLog {
   harvest(): Uint32Array {
     if (!this.active) throw new Error("the dirty log is not started");
     const map = this.map();
-    let n = ALWAYS_PAGES;
-    for (let p = ALWAYS_PAGES; p < map.length; p++) n += map[p]!;
-    const out = new Uint32Array(n);
+    const out = new Uint32Array(this.count());
     let k = 0;
     for (let p = 0; p < ALWAYS_PAGES; p++) out[k++] = p;
     for (let p = ALWAYS_PAGES; p < map.length; p++) if (map[p] !== 0) out[k++] = p;

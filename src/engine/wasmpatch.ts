@@ -19,8 +19,9 @@
  * the original's hash and the patch version.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { cachedWasmModule } from "../common/wasmcache.js";
 import { EngineInitError } from "./errors.js";
 
 /** Bump when the patch changes: the cache key includes it. */
@@ -144,18 +145,9 @@ export async function ensurePatchedWasm(wasmPath: string, cacheDir: string): Pro
   const original = await readFile(wasmPath);
   const file = cachePath(original, cacheDir);
   try {
-    return { path: file, module: await WebAssembly.compile(await readFile(file)) };
-  } catch {
-    // Missing or unusable: patch (again).
-  }
-  const bytes = await patchV86Wasm(original);
-  await mkdir(dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, bytes);
-  await rename(tmp, file);
-  try {
-    return { path: file, module: await WebAssembly.compile(bytes) };
+    return { path: file, module: await cachedWasmModule(file, () => patchV86Wasm(original)) };
   } catch (err) {
+    if (err instanceof EngineInitError) throw err;
     throw new EngineInitError(`the patched v86 wasm module does not compile: ${(err as Error).message}`, err);
   }
 }

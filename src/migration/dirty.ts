@@ -164,18 +164,23 @@ export class DirtyTracker {
       if (mem.compare(shadow, start, end, start, end) !== 0) {
         for (let q = p; q < blockEnd; q++) {
           const off = q * ps;
-          if (mem.compare(shadow, off, off + ps, off, off + ps) !== 0) {
-            const cur = mem.subarray(off, off + ps);
-            onDirty?.(q, cur, this.known[q] === 1 ? shadow.subarray(off, off + ps) : undefined);
-            shadow.set(cur, off);
-            this.known[q] = 1;
-            dirty.push(q);
-          }
+          if (mem.compare(shadow, off, off + ps, off, off + ps) !== 0) this.take(mem, shadow, q, onDirty, dirty);
         }
       }
       p = blockEnd;
     }
     return dirty;
+  }
+
+  /** Page `q` differs from the shadow: report it, then the shadow takes its content. */
+  private take(mem: Buffer, shadow: Buffer, q: number, onDirty: DirtyCallback | undefined, dirty: number[]): void {
+    const ps = this.pageSize;
+    const off = q * ps;
+    const cur = mem.subarray(off, off + ps);
+    onDirty?.(q, cur, this.known[q] === 1 ? shadow.subarray(off, off + ps) : undefined);
+    shadow.set(cur, off);
+    this.known[q] = 1;
+    dirty.push(q);
   }
 
   /**
@@ -193,13 +198,7 @@ export class DirtyTracker {
       const q = pages[i]!;
       if (!(q >= 0 && q < this.pageCount)) throw new RangeError(`page ${q} is outside [0, ${this.pageCount})`);
       const off = q * ps;
-      if (mem.compare(shadow, off, off + ps, off, off + ps) !== 0) {
-        const cur = mem.subarray(off, off + ps);
-        onDirty?.(q, cur, this.known[q] === 1 ? shadow.subarray(off, off + ps) : undefined);
-        shadow.set(cur, off);
-        this.known[q] = 1;
-        dirty.push(q);
-      }
+      if (mem.compare(shadow, off, off + ps, off, off + ps) !== 0) this.take(mem, shadow, q, onDirty, dirty);
     }
     return dirty;
   }

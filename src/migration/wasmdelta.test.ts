@@ -8,9 +8,18 @@ import { decodePagesPayload, PAGE_SIZE } from "./protocol.js";
 import { randInt, seededRandom } from "./testing.js";
 import { DELTA_OUT_BYTES, pageEncoderScratchBytes, WasmDelta, WasmPageApplier, WasmPageEncoder } from "./wasmdelta.js";
 
-void test("the wasm DELTA encoder writes exactly what the JS encoder writes, works in place, and gives up at the same size", async () => {
-  const dir = await mkdtemp(join(tmpdir(), "hop-wasmdelta-"));
+/** Runs `fn` with a fresh directory (the wasm module's cache), removed afterwards. */
+async function inTempDir(prefix: string, fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
   try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+void test("the wasm DELTA encoder writes exactly what the JS encoder writes, works in place, and gives up at the same size", () =>
+  inTempDir("hop-wasmdelta-", async (dir) => {
     const memory = new WebAssembly.Memory({ initial: 4 });
     const OUT = 3 * 65536;
     const enc = await WasmDelta.create(memory, OUT, dir);
@@ -45,14 +54,10 @@ void test("the wasm DELTA encoder writes exactly what the JS encoder writes, wor
     }
     assert.ok(OUT + DELTA_OUT_BYTES <= memory.buffer.byteLength);
     assert.equal(enc.encodeInto(new Uint8Array(PAGE_SIZE), new Uint8Array(memory.buffer, 0, PAGE_SIZE), wasmOut, 0, 100), undefined, "a page outside the memory is left to the JS encoder");
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-void test("the wasm page encoder writes the PAGES entries encodePageInto would (LZ4 off), updates the shadow, skips clean pages and splits full payloads", async () => {
-  const dir = await mkdtemp(join(tmpdir(), "hop-wasmpages-"));
-  try {
+void test("the wasm page encoder writes the PAGES entries encodePageInto would (LZ4 off), updates the shadow, skips clean pages and splits full payloads", () =>
+  inTempDir("hop-wasmpages-", async (dir) => {
     const pageCount = 64;
     const bytes = pageCount * PAGE_SIZE;
     const maxList = 16;
@@ -107,14 +112,10 @@ void test("the wasm page encoder writes the PAGES entries encodePageInto would (
     assert.deepEqual(Uint8Array.from(shadow), expected, "the shadow took the new content");
     assert.equal(enc.encodePages(ram, shadow, list, 0, list.length, 5).dirty, 0, "nothing is dirty any more");
     assert.throws(() => enc.encodePages(ram, shadow, [pageCount], 0, 1, 5), RangeError);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-void test("the wasm page applier does what applyPages does (ZERO, RAW, DELTA), leaves LZ4 payloads to JS untouched, and refuses bad DELTAs and pages outside RAM", async () => {
-  const dir = await mkdtemp(join(tmpdir(), "hop-wasmapply-"));
-  try {
+void test("the wasm page applier does what applyPages does (ZERO, RAW, DELTA), leaves LZ4 payloads to JS untouched, and refuses bad DELTAs and pages outside RAM", () =>
+  inTempDir("hop-wasmapply-", async (dir) => {
     const pageCount = 32;
     const bytes = pageCount * PAGE_SIZE;
     const memory = new WebAssembly.Memory({ initial: Math.ceil((bytes + (1 << 20)) / 65536) + 1 });
@@ -166,7 +167,4 @@ void test("the wasm page applier does what applyPages does (ZERO, RAW, DELTA), l
     const outside = Buffer.from(payload);
     outside.writeUInt32LE(pageCount, 8);
     assert.throws(() => applier.apply(ram, outside), (e: Error & { code?: string }) => e.code === "MIGRATION_PAGE_OUT_OF_RANGE");
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  }));

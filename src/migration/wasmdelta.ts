@@ -10,8 +10,8 @@
  * next to the engine's patched module.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
+import { cachedWasmModule } from "../common/wasmcache.js";
 import { MigrationProtocolError, PAGES_HEADER_BYTES } from "./protocol.js";
 
 /** Bytes the encoder may write past `out` (a page of output plus a varint pair). */
@@ -275,22 +275,19 @@ export function deltaModule(cacheDir: string): Promise<WebAssembly.Module> {
   const file = modulePath(cacheDir);
   let p = modules.get(file);
   if (p === undefined) {
-    p = (async () => {
-      try {
-        return await WebAssembly.compile(await readFile(file));
-      } catch {
-        const bytes = await assembleDeltaModule();
-        await mkdir(dirname(file), { recursive: true });
-        const tmp = `${file}.${process.pid}.tmp`;
-        await writeFile(tmp, bytes);
-        await rename(tmp, file);
-        return WebAssembly.compile(bytes);
-      }
-    })();
+    p = cachedWasmModule(file, assembleDeltaModule);
     modules.set(file, p);
     p.catch(() => modules.delete(file));
   }
   return p;
+}
+
+/** Function `name` of the page module, instantiated on `memory`. */
+async function pageFunction<F>(memory: WebAssembly.Memory, cacheDir: string, name: string): Promise<F> {
+  const instance = await WebAssembly.instantiate(await deltaModule(cacheDir), { env: { memory } });
+  const fn = instance.exports[name];
+  if (typeof fn !== "function") throw new Error(`the page module has no ${name} function`);
+  return fn as F;
 }
 
 /**
@@ -306,10 +303,7 @@ export class WasmDelta {
   ) {}
 
   static async create(memory: WebAssembly.Memory, out: number, cacheDir: string): Promise<WasmDelta> {
-    const instance = await WebAssembly.instantiate(await deltaModule(cacheDir), { env: { memory } });
-    const fn = instance.exports["delta"];
-    if (typeof fn !== "function") throw new Error("the DELTA encoder module has no delta function");
-    return new WasmDelta(memory, fn as (cur: number, prev: number, n: number, out: number, max: number) => number, out);
+    return new WasmDelta(memory, await pageFunction<(cur: number, prev: number, n: number, out: number, max: number) => number>(memory, cacheDir, "delta"), out);
   }
 
   /** As deltaEncodeInto; undefined when `cur` or `prev` is not in this memory. */
@@ -352,12 +346,9 @@ export class WasmPageEncoder {
 
   /** `scratch`: pageEncoderScratchBytes(maxListPages, maxPayloadBytes) bytes of the memory, 16-byte aligned. */
   static async create(memory: WebAssembly.Memory, scratch: number, maxListPages: number, maxPayloadBytes: number, cacheDir: string): Promise<WasmPageEncoder> {
-    const instance = await WebAssembly.instantiate(await deltaModule(cacheDir), { env: { memory } });
-    const fn = instance.exports["encode_pages"];
-    if (typeof fn !== "function") throw new Error("the page encoder module has no encode_pages function");
     const listAt = scratch + 16;
     const outAt = listAt + 4 * maxListPages;
-    return new WasmPageEncoder(memory, fn as EncodePagesFn, scratch, listAt, maxListPages, outAt, maxPayloadBytes);
+    return new WasmPageEncoder(memory, await pageFunction<EncodePagesFn>(memory, cacheDir, "encode_pages"), scratch, listAt, maxListPages, outAt, maxPayloadBytes);
   }
 
   /**
@@ -410,10 +401,7 @@ export class WasmPageApplier {
   ) {}
 
   static async create(memory: WebAssembly.Memory, scratch: number, maxPayload: number, cacheDir: string): Promise<WasmPageApplier> {
-    const instance = await WebAssembly.instantiate(await deltaModule(cacheDir), { env: { memory } });
-    const fn = instance.exports["apply_pages"];
-    if (typeof fn !== "function") throw new Error("the page module has no apply_pages function");
-    return new WasmPageApplier(memory, fn as ApplyPagesFn, scratch, maxPayload);
+    return new WasmPageApplier(memory, await pageFunction<ApplyPagesFn>(memory, cacheDir, "apply_pages"), scratch, maxPayload);
   }
 
   /** True when applied; false when the payload is left to the JS path (too big, or LZ4 entries). */

@@ -14,7 +14,7 @@ import { GuestAgentClient } from "./agent.js";
 import { startWarmup, type Warming } from "./warmup.js";
 import { lowerPriority } from "./priority.js";
 
-/** Nice value of a migration target's process until the state arrives (see start()). */
+/** Nice value of a lone migration target's process until round 0 is applied (see start()). */
 const INCOMING_NICE = 5;
 import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
 import { monotonicMs, roundMs } from "../common/time.js";
