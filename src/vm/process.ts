@@ -13,11 +13,12 @@ import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk
 import { GuestAgentClient } from "./agent.js";
 import { startWarmup, type Warming } from "./warmup.js";
 import { lowerPriority } from "./priority.js";
+import { ConsoleLines } from "./consolelines.js";
+import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
+import { monotonicMs, roundMs } from "../common/time.js";
 
 /** Nice value of a lone migration target's process until round 0 is applied (see start()). */
 const INCOMING_NICE = 5;
-import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
-import { monotonicMs, roundMs } from "../common/time.js";
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
@@ -79,7 +80,7 @@ class VmProcess {
   private agent: GuestAgentClient | undefined;
   private consoleBuf: number[] = [];
   private consoleFlushScheduled = false;
-  private consoleTail = "";
+  private readonly consoleLines = new ConsoleLines((line) => this.onConsoleLine(line));
   private readyMarkerSeen: (() => void) | undefined;
   private exiting = false;
   /** An incoming live migration (mode "incoming") and a connection that arrived before it was ready. */
@@ -401,19 +402,16 @@ class VmProcess {
       this.consoleFlushScheduled = true;
       setImmediate(() => this.flushConsole());
     }
-    if (byte === 0x0a || this.consoleTail.length > 200) {
-      const line = this.consoleTail;
-      if (line.startsWith("HB "))
-      this.consoleTail = "";
-      if (this.readyMarkerSeen !== undefined && line.includes(READY_MARKER)) {
-        this.readyMarkerSeen();
-        this.readyMarkerSeen = undefined;
-      }
-      if (POWER_DOWN_MARKERS.some((m) => line.includes(m))) {
-        setTimeout(() => void this.exit(line.includes("Restarting") ? "guest rebooted (reboot is treated as power-off)" : "guest powered off"), 20);
-      }
-    } else {
-      this.consoleTail += String.fromCharCode(byte);
+    this.consoleLines.push(byte);
+  }
+
+  private onConsoleLine(line: string): void {
+    if (this.readyMarkerSeen !== undefined && line.includes(READY_MARKER)) {
+      this.readyMarkerSeen();
+      this.readyMarkerSeen = undefined;
+    }
+    if (POWER_DOWN_MARKERS.some((m) => line.includes(m))) {
+      setTimeout(() => void this.exit(line.includes("Restarting") ? "guest rebooted (reboot is treated as power-off)" : "guest powered off"), 20);
     }
   }
 
