@@ -64,13 +64,20 @@ export class DirtyLog {
     return new Uint8Array(this.cpu.wasm_memory.buffer, this.mapAt + this.ramPage, this.pageCount);
   }
 
+  /**
+   * Places the log's byte map (grows wasm memory once; start() does it when needed). Growing
+   * starts a major GC in V8, so the VM process does it before its guest runs (see process.ts).
+   */
+  reserve(): void {
+    if (this.mapAt !== 0) return;
+    const memory = this.cpu.wasm_memory as WebAssembly.Memory;
+    // Memory grown here is never handed out by v86's allocator (it grows past it).
+    this.mapAt = memory.grow(DIRTY_MAP_BYTES / 65536) * 65536;
+  }
+
   /** Starts (or restarts) logging with an empty log. */
   start(): void {
-    if (this.mapAt === 0) {
-      const memory = this.cpu.wasm_memory as WebAssembly.Memory;
-      // Memory grown here is never handed out by v86's allocator (it grows past it).
-      this.mapAt = memory.grow(DIRTY_MAP_BYTES / 65536) * 65536;
-    }
+    this.reserve();
     new Uint8Array(this.cpu.wasm_memory.buffer, this.mapAt, DIRTY_MAP_BYTES).fill(0);
     this.mapGlobal.value = this.mapAt;
     this.active = true;

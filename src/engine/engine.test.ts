@@ -25,7 +25,7 @@ async function guestSkewS(agent: GuestAgentClient): Promise<number> {
   return Number(r.stdout.trim()) - Date.now() / 1000;
 }
 
-void test("the JIT gate: a guest restored idle compiles nothing; a busy guest compiles", async () => {
+void test("the JIT gate: a guest restored idle compiles nothing; a busy guest compiles, without growing wasm memory", async () => {
   const template = await template128();
   const e = await Engine.create(template.opts);
   try {
@@ -34,9 +34,13 @@ void test("the JIT gate: a guest restored idle compiles nothing; a busy guest co
     await e.run();
     await sleep(2_500);
     assert.equal(e.jitCompiles(), 0, "an idle guest compiled code");
+    const before = e.wasmMemoryBytes();
     const r = await agent.exec("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo $i", 120_000);
     assert.equal(r.stdout.trim(), "20000");
-    assert.ok(e.jitCompiles() > 0, "a busy guest compiles its hot code");
+    await agent.exec("for i in 1 2 3 4 5 6 7 8; do ls -la /bin /sbin > /dev/null; cat /proc/meminfo > /dev/null; done", 120_000);
+    assert.ok(e.jitCompiles() > 50, `a busy guest compiles its hot code (${e.jitCompiles()} modules)`);
+    // Each grow of wasm memory would start a major GC in the VM process (see watchJitCompiles).
+    assert.equal(e.wasmMemoryBytes(), before, `the JIT's ${e.jitCompiles()} modules grew wasm memory by ${e.wasmMemoryBytes() - before} bytes`);
   } finally {
     await e.destroy();
   }

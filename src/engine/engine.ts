@@ -6,7 +6,7 @@ import { defaultCacheDir } from "../common/paths.js";
 import { DirtyLog, type DirtyLogCpu } from "./dirtylog.js";
 import { EngineInitError, EngineSelfTestError, EngineStateError } from "./errors.js";
 import { ensurePatchedWasm, patchedV86Module } from "./wasmpatch.js";
-import { countJitCompiles, cpuOf, installIdleScheduler, installJitGate, keepingRam, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+import { cpuOf, installIdleScheduler, installJitGate, keepingRam, watchJitCompiles, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
 
 /** Beyond this pause the guest's TSC is not moved on (see continueTsc): the guest agent sets the clock instead. */
 export const MAX_TSC_CATCH_UP_MS = 10_000;
@@ -75,14 +75,14 @@ export class Engine {
   readonly memoryBytes: number;
   private readonly emu: V86Emulator;
   private destroyed = false;
-  private readonly jitCounter: () => number;
+  private readonly jit: { count: () => number; hostGrew: () => void };
   /** The guest's dirty-page log; undefined with stock v86 wasm. */
   readonly dirtyLog: DirtyLog | undefined;
 
   private constructor(emu: V86Emulator, readonly options: EngineOptions, dirtyLog: DirtyLog | undefined) {
     this.emu = emu;
     this.memoryBytes = options.memoryMiB * 1024 * 1024;
-    this.jitCounter = countJitCompiles(cpuOf(emu));
+    this.jit = watchJitCompiles(cpuOf(emu));
     this.dirtyLog = dirtyLog;
   }
 
@@ -227,7 +227,7 @@ export class Engine {
 
   /** Code modules v86's JIT has compiled since the engine was created (diagnostics, tests). */
   jitCompiles(): number {
-    return this.jitCounter();
+    return this.jit.count();
   }
 
   /** The guest's time-stamp counter (tests). */
@@ -247,8 +247,25 @@ export class Engine {
     if (this.area === undefined || this.area.bytes < bytes) {
       const pages = Math.ceil(bytes / 65536);
       this.area = { offset: memory.grow(pages) * 65536, bytes: pages * 65536 };
+      this.jit.hostGrew();
     }
     return { memory, offset: this.area.offset };
+  }
+
+  /**
+   * Grows wasm memory now for what a live migration in or out will place there: a host area
+   * of `hostAreaBytes` and the dirty log's map. Each grow starts a major GC in V8 (5-10 ms on
+   * the VM's thread): the VM process calls this before its guest runs, not while it is moved.
+   */
+  reserveMigrationMemory(hostAreaBytes: number): void {
+    this.hostArea(hostAreaBytes);
+    this.dirtyLog?.reserve();
+    this.jit.hostGrew();
+  }
+
+  /** The size of the engine's wasm memory (guest RAM, v86's own heap, host areas), bytes. */
+  wasmMemoryBytes(): number {
+    return cpuOf(this.emu).wasm_memory.buffer.byteLength;
   }
 
   /** A raw view of guest RAM; re-derive it after anything that may grow wasm memory. */

@@ -33,6 +33,8 @@ export interface V86Cpu {
   devices: { virtio_net?: { mac: Uint8Array }; ne2k?: { mac: Uint8Array } };
   /** Called by v86's wasm for every block of guest code its JIT has compiled (it builds the wasm module). */
   codegen_finalize: (...args: unknown[]) => unknown;
+  /** v86's wasm instance: its exports include the Rust allocator (v86_malloc, v86_free). */
+  wm: { exports: Record<string, unknown> };
 }
 
 export interface V86Emulator {
@@ -127,15 +129,70 @@ function checkAdvanceTsc(cpu: V86Cpu): void {
   if (error < 0n || error > BigInt(50 * TSC_PER_MS)) throw new EngineSelfTestError(`cpu.set_tsc does not behave as expected: asked to move the TSC by ${step}, it moved by ${moved}`);
 }
 
-/** Counts the code modules v86's JIT compiles from now on (diagnostics, tests): returns the counter. */
-export function countJitCompiles(cpu: V86Cpu): () => number {
+/** Free room kept in v86's own heap, so its JIT's allocations do not grow wasm memory (see keepHeapHeadroom). */
+export const HEAP_HEADROOM_BYTES = 16 * 1024 * 1024;
+const HEADROOM_PIECE_BYTES = 64 * 1024;
+
+function allocator(cpu: V86Cpu): { malloc: (n: number) => number; free: (p: number) => void } {
+  const { v86_malloc: malloc, v86_free: free } = cpu.wm.exports;
+  if (typeof malloc !== "function" || typeof free !== "function") throw new EngineSelfTestError("v86's wasm exports no v86_malloc / v86_free");
+  return { malloc: malloc as (n: number) => number, free: free as (p: number) => void };
+}
+
+/**
+ * Makes v86's allocator (Rust's, inside its wasm) hold `bytes` of free heap: allocates them in
+ * pieces and frees them again, so they stay in its free lists. Growing memory from the outside
+ * would not do: the allocator only uses room it grew itself.
+ */
+function reserveHeap(cpu: V86Cpu, bytes: number): void {
+  const { malloc, free } = allocator(cpu);
+  const pieces: number[] = [];
+  try {
+    for (let n = 0; n < bytes; n += HEADROOM_PIECE_BYTES) {
+      const p = malloc(HEADROOM_PIECE_BYTES);
+      if (p === 0) break;
+      pieces.push(p);
+    }
+  } finally {
+    for (const p of pieces) free(p);
+  }
+}
+
+/**
+ * Wraps the JIT's per-module hook: counts the modules compiled from now on (diagnostics, tests;
+ * returns the counter) and keeps v86's heap from growing wasm memory while it compiles.
+ *
+ * v86's JIT keeps ~20 KiB of its own heap per compiled module, and its allocator grows wasm
+ * memory 64 KiB at a time when it runs out. Each grow of the engine's wasm memory (~200 MiB with
+ * guest RAM) makes V8 count the whole grown buffer as new external memory until the next GC,
+ * which starts a major GC at once: measured, one every 1-3 s while a guest's JIT was compiling,
+ * each holding the VM's thread 5-10 ms, the longest heartbeat silences of a guest not being
+ * moved. So the heap is given HEAP_HEADROOM_BYTES of free room at start (~800 modules'
+ * worth), and again whenever the allocator had to grow memory all the same. Whoever else grows
+ * the memory (the engine's host area) calls `hostGrew()` after, so that is not taken for the
+ * allocator's room running out.
+ */
+export function watchJitCompiles(cpu: V86Cpu): { count: () => number; hostGrew: () => void } {
   const original = cpu.codegen_finalize.bind(cpu);
+  reserveHeap(cpu, HEAP_HEADROOM_BYTES);
+  let heapEnd = cpu.wasm_memory.buffer.byteLength;
   let n = 0;
   cpu.codegen_finalize = (...args: unknown[]): unknown => {
     n++;
+    const end = cpu.wasm_memory.buffer.byteLength;
+    if (end !== heapEnd) {
+      // The allocator grew memory: its room is used up. One GC is under way; top the room up.
+      reserveHeap(cpu, HEAP_HEADROOM_BYTES);
+      heapEnd = cpu.wasm_memory.buffer.byteLength;
+    }
     return original(...args);
   };
-  return () => n;
+  return {
+    count: () => n,
+    hostGrew: () => {
+      heapEnd = cpu.wasm_memory.buffer.byteLength;
+    },
+  };
 }
 
 /** Checks every internal this module relies on. Throws EngineSelfTestError. */
@@ -150,6 +207,7 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
   if (typeof cpu.store_current_tsc !== "function" || typeof cpu.set_tsc !== "function") throw new EngineSelfTestError("cpu.store_current_tsc / cpu.set_tsc are missing");
   checkAdvanceTsc(cpu);
   if (typeof cpu.codegen_finalize !== "function") throw new EngineSelfTestError("cpu.codegen_finalize is not a function");
+  allocator(cpu);
   if (typeof emulator.v86.yield !== "function" || typeof emulator.v86.yield_callback !== "function") {
     throw new EngineSelfTestError("the emulator's yield/yield_callback scheduler hooks are missing");
   }

@@ -44,7 +44,7 @@ export { DirtyTracker, isZeroPage, yieldToEventLoop, BLOCK_BYTES, type DirtyCall
 export { PageBatchWriter, applyZeroPages, encodePage, encodePageInto, applyPage, applyPages, deltaEncodeInto, deltaApply, type PageEncodeOptions, type BatchStats } from "./pages.js";
 export { lz4CompressBlock, lz4DecompressBlock, lz4CompressBound, Lz4FormatError } from "./lz4.js";
 export { FrameConnection } from "./transport.js";
-export { LiveMigrationSource, LIVE_DEFAULTS, type SourceHooks, type SourceOutcome, type SourceParams } from "./source.js";
+export { LiveMigrationSource, LIVE_DEFAULTS, migrationHostAreaBytes, type SourceHooks, type SourceOutcome, type SourceParams } from "./source.js";
 export { LiveMigrationTarget, type TargetHooks, type TargetParams, type TargetSwitchoverInfo } from "./target.js";
 export { Stunner } from "./stun.js";
 export type { Migratable, Pausable, Snapshottable } from "./vm.js";

@@ -21,6 +21,7 @@ import type { LiveMigrationOptions, MigrationProgress, MigrationReport, RoundRep
 import { SenderStateMachine, type SenderEvent } from "./sender.js";
 import { Stunner } from "./stun.js";
 import { FrameConnection } from "./transport.js";
+import { TARGET_HOST_AREA_BYTES } from "./target.js";
 import type { Migratable } from "./vm.js";
 import { monotonicMs, roundMs } from "../common/time.js";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -32,6 +33,31 @@ import { setTimeout as sleep } from "node:timers/promises";
 const PREFAULT_SLICE_BYTES = 1024 * 1024;
 
 export const LIVE_DEFAULTS = { downtimeTargetMs: 50, maxRounds: 30, sliceBytes: 4 * 1024 * 1024, batchBytes: 1024 * 1024, switchoverOverheadMs: 10 } as const;
+
+/**
+ * Round 0 reads RAM in slices this big, the guest running in between. Its non-zero pages cost
+ * 2-10 us each (zero check, shadow copy, batching, the socket write), and the guest waits for
+ * a slice to end: at 4 MiB, slices of 3-14 ms held an idle guest's heartbeat up to ~35 ms;
+ * at 1 MiB (one frame's worth) it stays near its usual period, and round 0 even moves faster
+ * (the socket is fed in smaller, steadier steps): measured, heartbeat silence median 29 -> 23 ms,
+ * round 0 352 -> 457 MB/s, over 10 idle moves each.
+ */
+const ROUND0_SLICE_BYTES = 1024 * 1024;
+
+/**
+ * Layout of the source's host area in the engine's wasm memory: the shadow of RAM, then
+ * WasmDelta's output, then WasmPageEncoder's scratch (16-byte aligned).
+ */
+function sourceHostArea(ramBytes: number): { shadowBytes: number; encoderScratchAt: number; bytes: number } {
+  const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
+  const encoderScratchAt = (ramBytes + DELTA_OUT_BYTES + 16) & ~15;
+  return { shadowBytes: ramBytes, encoderScratchAt, bytes: encoderScratchAt + pageEncoderScratchBytes(slicePages, LIVE_DEFAULTS.batchBytes) };
+}
+
+/** Bytes of host area a live migration of a guest with `ramBytes` of RAM uses, out or in. */
+export function migrationHostAreaBytes(ramBytes: number): number {
+  return Math.max(sourceHostArea(ramBytes).bytes, TARGET_HOST_AREA_BYTES);
+}
 
 export interface SourceParams {
   migrationId: string;
@@ -189,16 +215,16 @@ export class LiveMigrationSource {
       // place by wasm: rounds from the dirty log go through WasmPageEncoder (compare, encode and
       // shadow update in one call per payload, ~0.5 us a page), other rounds' DELTAs through
       // WasmDelta. That matters most for the final round of a guest rewriting a large set.
-      const shadowBytes = localPages * PAGE_SIZE;
+      const layout = sourceHostArea(localPages * PAGE_SIZE);
+      const shadowBytes = layout.shadowBytes;
       const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
-      const encoderScratch = shadowBytes + DELTA_OUT_BYTES + 16;
-      const area = this.vm.hostArea?.(encoderScratch + pageEncoderScratchBytes(slicePages, LIVE_DEFAULTS.batchBytes));
+      const area = this.vm.hostArea?.(layout.bytes);
       // (Should the encoders not load, the JS ones do the work: the report says which ran.)
       const cacheDir = defaultCacheDir();
       const fastDeltaLoaded = area !== undefined ? WasmDelta.create(area.memory, area.offset + shadowBytes, cacheDir).catch(() => undefined) : Promise.resolve(undefined);
       const pageEncoderLoaded =
         area !== undefined && opts.lz4 !== true
-          ? WasmPageEncoder.create(area.memory, area.offset + (encoderScratch & ~15), slicePages, LIVE_DEFAULTS.batchBytes, cacheDir).catch(() => undefined)
+          ? WasmPageEncoder.create(area.memory, area.offset + layout.encoderScratchAt, slicePages, LIVE_DEFAULTS.batchBytes, cacheDir).catch(() => undefined)
           : Promise.resolve(undefined);
       const early = new DirtyTracker(localPages, PAGE_SIZE, area !== undefined ? { shadow: () => new Uint8Array(area.memory.buffer, area.offset, shadowBytes) } : { zeroed: false });
       const prefaulted = early.prefault({ sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: () => new Promise<void>((r) => setImmediate(r)) });
@@ -257,7 +283,7 @@ export class LiveMigrationSource {
         let pages = 0;
         if (all) {
           // Round 0: zero pages go as one ZERO_PAGES bitmap per slice, the rest as PAGES.
-          const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
+          const slicePages = ROUND0_SLICE_BYTES / PAGE_SIZE;
           const bitmap = new Uint8Array(Math.ceil(slicePages / 8));
           for (let first = 0; first < pageCount; first += slicePages) {
             if (first > 0 && !paused) await between();

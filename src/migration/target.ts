@@ -16,7 +16,7 @@ import { WasmPageApplier } from "./wasmdelta.js";
 import { defaultCacheDir } from "../common/paths.js";
 
 /** Payloads up to this size are applied in wasm (the source's are 1 MiB); larger ones by the JS path. */
-const APPLY_SCRATCH_BYTES = 2 * 1024 * 1024;
+export const TARGET_HOST_AREA_BYTES = 2 * 1024 * 1024;
 import type { Migratable } from "./vm.js";
 import { monotonicMs, roundMs } from "../common/time.js";
 
@@ -165,8 +165,8 @@ export class LiveMigrationTarget {
         ram.fill(0);
         this.written = new Uint8Array(a.pageCount);
         // Payloads are applied in wasm where the engine's memory can hold a scratch copy.
-        const area = this.vm.hostArea?.(APPLY_SCRATCH_BYTES);
-        if (area !== undefined) this.applier = await WasmPageApplier.create(area.memory, area.offset, APPLY_SCRATCH_BYTES, defaultCacheDir()).catch(() => undefined);
+        const area = this.vm.hostArea?.(TARGET_HOST_AREA_BYTES);
+        if (area !== undefined) this.applier = await WasmPageApplier.create(area.memory, area.offset, TARGET_HOST_AREA_BYTES, defaultCacheDir()).catch(() => undefined);
         return this.sm.prepared();
       }
       case "writePages": {

@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import type { Socket } from "node:net";
 import { HopError } from "../common/errors.js";
 import { Engine, ENGINE_VERSION, toArrayBuffer } from "../engine/index.js";
-import { LiveMigrationSource, LiveMigrationTarget } from "../migration/index.js";
+import { LiveMigrationSource, LiveMigrationTarget, migrationHostAreaBytes } from "../migration/index.js";
 import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import { startWarmup, type Warming } from "./warmup.js";
@@ -169,6 +169,9 @@ class VmProcess {
     ]);
     let t = mark("engine+read", t0);
     this.engine = engine;
+    // The shadow of RAM, scratch and the dirty log's map, placed before the guest runs (see
+    // reserveMigrationMemory).
+    engine.reserveMigrationMemory(migrationHostAreaBytes(engine.memoryBytes));
     if (init.net !== undefined) this.nic = new NicLink(engine);
     const agent = GuestAgentClient.on(engine);
     this.agent = agent;
