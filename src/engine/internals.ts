@@ -129,9 +129,8 @@ function checkAdvanceTsc(cpu: V86Cpu): void {
   if (error < 0n || error > BigInt(50 * TSC_PER_MS)) throw new EngineSelfTestError(`cpu.set_tsc does not behave as expected: asked to move the TSC by ${step}, it moved by ${moved}`);
 }
 
-/** Free room kept in v86's own heap, so its JIT's allocations do not grow wasm memory (see keepHeapHeadroom). */
+/** Free room kept in v86's own heap, so its JIT's allocations do not grow wasm memory (see watchJitCompiles). */
 export const HEAP_HEADROOM_BYTES = 16 * 1024 * 1024;
-const HEADROOM_PIECE_BYTES = 64 * 1024;
 
 function allocator(cpu: V86Cpu): { malloc: (n: number) => number; free: (p: number) => void } {
   const { v86_malloc: malloc, v86_free: free } = cpu.wm.exports;
@@ -140,22 +139,16 @@ function allocator(cpu: V86Cpu): { malloc: (n: number) => number; free: (p: numb
 }
 
 /**
- * Makes v86's allocator (Rust's, inside its wasm) hold `bytes` of free heap: allocates them in
- * pieces and frees them again, so they stay in its free lists. Growing memory from the outside
- * would not do: the allocator only uses room it grew itself.
+ * Makes v86's allocator (Rust's dlmalloc, inside its wasm) hold `bytes` of free heap: one
+ * allocation that size, freed again, stays in its free space (measured: small allocations are
+ * then served from it without growing memory). One allocation, so memory grows once (pieces
+ * grew it once each, each grow a major GC). Growing memory from the outside would not do: the
+ * allocator only uses room it grew itself.
  */
 function reserveHeap(cpu: V86Cpu, bytes: number): void {
   const { malloc, free } = allocator(cpu);
-  const pieces: number[] = [];
-  try {
-    for (let n = 0; n < bytes; n += HEADROOM_PIECE_BYTES) {
-      const p = malloc(HEADROOM_PIECE_BYTES);
-      if (p === 0) break;
-      pieces.push(p);
-    }
-  } finally {
-    for (const p of pieces) free(p);
-  }
+  const p = malloc(bytes);
+  if (p !== 0) free(p);
 }
 
 /**
