@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { createLogger } from "../common/log.js";
+import { DEFAULT_VGA_KIB, Engine } from "../engine/index.js";
 import { defaultCacheDir } from "../common/paths.js";
 import { defaultProfile, TemplateStore } from "../host/templates.js";
 import { ensureImage } from "../image/index.js";
@@ -28,6 +29,18 @@ void test("a warm-up runs a throw-away guest for its time (the guest works: its 
   ac.abort();
   const cut = await warmEngineCode(s, ac.signal);
   assert.ok(cut.instructions < r.instructions, `aborted: ${cut.instructions} instructions, in full ${r.instructions}`);
+  assert.equal(cut.deviceState, undefined, "a warm-up cut short leaves no device state");
+  // A full one leaves its guest's device state, which a new engine (an incoming VM's) can
+  // restore as a rehearsal before the real state arrives.
+  const state = r.deviceState;
+  assert.ok(state !== undefined && state.byteLength > 0, "a full warm-up leaves its guest's device state");
+  const [bios, vgabios] = await Promise.all([readFile(s.bios), readFile(s.vgabios)]);
+  const e = await Engine.create({ memoryMiB: 128, vgaMemoryKiB: DEFAULT_VGA_KIB, bios, vgabios, nic: "virtio", serialPorts: 2 });
+  try {
+    await e.restoreStateKeepingRam(state);
+  } finally {
+    await e.destroy();
+  }
 });
 
 void test("a warm-up that cannot run is reported, never thrown", async () => {

@@ -39,6 +39,8 @@ export interface WarmupResult {
   ms: number;
   /** Guest instructions the throw-away guest ran. */
   instructions: number;
+  /** The throw-away guest's CPU and device state (no RAM), saved after its cycles; absent when cut short. */
+  deviceState?: ArrayBuffer;
 }
 
 /**
@@ -77,12 +79,14 @@ export async function warmEngineCode(spec: WarmupSpec, signal?: AbortSignal): Pr
     // The code a live migration runs while its guest is paused (saving CPU and devices on the
     // source, restoring them onto RAM on the target) runs once per move: cold, it took 3-19 ms
     // of the pause instead of 0.3-2. Run it here until V8 has optimised it.
+    let deviceState: ArrayBuffer | undefined;
     if (signal?.aborted !== true) {
       for (let i = 0; i < WARMUP_STATE_CYCLES; i++) await engine.restoreStateKeepingRam(await engine.saveStateWithoutRam());
+      deviceState = await engine.saveStateWithoutRam();
       // And the page codec of both ends of a migration (encode, decode, apply).
       warmPageCodec();
     }
-    return { ms: roundMs(monotonicMs() - t0), instructions: engine.instructionCount() };
+    return { ms: roundMs(monotonicMs() - t0), instructions: engine.instructionCount(), ...(deviceState !== undefined ? { deviceState } : {}) };
   } finally {
     await engine.destroy();
     // Free its memory now, while nothing runs here (the flag is in VM_PROCESS_EXEC_ARGV).
@@ -93,9 +97,12 @@ export async function warmEngineCode(spec: WarmupSpec, signal?: AbortSignal): Pr
 /** Nice value of the warm-up's threads: it runs beside the host's running VMs. */
 const WARMUP_NICE = 19;
 
-/** A warm-up under way: `done` settles when it is over (never rejects); abort() cuts the run short. */
+/**
+ * A warm-up under way: `done` settles when it is over (never rejects), with the throw-away
+ * guest's device state when the warm-up ran to its end; abort() cuts the run short.
+ */
 export interface Warming {
-  done: Promise<void>;
+  done: Promise<ArrayBuffer | undefined>;
   abort(): void;
 }
 
@@ -109,8 +116,14 @@ export function startWarmup(spec: WarmupSpec, report: (r: { ms: number; error?: 
   const t0 = monotonicMs();
   const run = (): Promise<WarmupResult> => warmEngineCode(spec, ac.signal);
   const done = (opts.lowPriority ? atLowPriority(WARMUP_NICE, run) : run()).then(
-    (r) => report({ ms: r.ms }),
-    (err: unknown) => report({ ms: roundMs(monotonicMs() - t0), error: (err as Error)?.message ?? String(err) }),
+    (r) => {
+      report({ ms: r.ms });
+      return r.deviceState;
+    },
+    (err: unknown) => {
+      report({ ms: roundMs(monotonicMs() - t0), error: (err as Error)?.message ?? String(err) });
+      return undefined;
+    },
   );
   return { done, abort: () => ac.abort() };
 }
