@@ -17,6 +17,7 @@ import {
   MigrationError,
   MigrationProtocolError,
   PageEncoding,
+  PAYLOAD_SINK_MIN_BYTES,
   PROTOCOL_VERSION,
   verifyProof,
   type Frame,
@@ -266,4 +267,69 @@ void test("errors carry stable codes and HTTP statuses", () => {
   assert.equal(new MigrationProtocolError("MIGRATION_VERSION_MISMATCH", "x").status, 409);
   assert.equal(new MigrationProtocolError("MIGRATION_CORRUPT_FRAME", "x").status, 502);
   assert.equal(new MigrationProtocolError("MIGRATION_CORRUPT_FRAME", "x").toJSON().code, "MIGRATION_CORRUPT_FRAME");
+});
+
+void test("large payloads are assembled in the payload sink's place, whatever the chunking; corruption and truncation are still caught", () => {
+  const rand = seededRandom(7);
+  const big = (n: number): Buffer => {
+    const b = Buffer.alloc(n);
+    for (let i = 0; i < n; i += 97) b[i] = randInt(rand, 256);
+    return b;
+  };
+  const payloads = [big(PAYLOAD_SINK_MIN_BYTES), big(300_000), Buffer.from("small"), big(1 << 20), big(PAYLOAD_SINK_MIN_BYTES - 1)];
+  const wire = Buffer.concat(payloads.map((p) => encodeFrame(Command.Pages, p)));
+  const arena = new Uint8Array(4 << 20);
+  for (const chunkBytes of [1, 1000, 65536, 200_000, wire.length]) {
+    let next = 0;
+    const given: number[] = [];
+    const d = new FrameDecoder();
+    d.payloadSink = (n) => {
+      given.push(n);
+      const place = arena.subarray(next, next + n);
+      next += n;
+      return place;
+    };
+    const frames: Frame[] = [];
+    for (let i = 0; i < wire.length; i += chunkBytes) frames.push(...d.push(wire.subarray(i, i + chunkBytes)));
+    d.finish();
+    assert.deepEqual(
+      frames.map((f) => Buffer.compare(f.payload, payloads[frames.indexOf(f)]!)),
+      payloads.map(() => 0),
+      `chunks of ${chunkBytes}: payloads intact`,
+    );
+    // Only large payloads that did not arrive whole went to the sink, and they lie there.
+    for (const [i, f] of frames.entries()) {
+      const inSink = f.payload.buffer === arena.buffer;
+      const expected = payloads[i]!.length >= PAYLOAD_SINK_MIN_BYTES && chunkBytes < FRAME_HEADER_BYTES + payloads[i]!.length;
+      if (chunkBytes !== wire.length) assert.equal(inSink, expected, `chunks of ${chunkBytes}: payload ${i} in the sink: ${inSink}`);
+    }
+    if (chunkBytes === wire.length) assert.deepEqual(given, [], "a stream that arrives whole needs no sink");
+  }
+  // A sink that declines: the ordinary path.
+  const declining = new FrameDecoder();
+  declining.payloadSink = () => undefined;
+  const got: Frame[] = [];
+  for (let i = 0; i < wire.length; i += 4096) got.push(...declining.push(wire.subarray(i, i + 4096)));
+  assert.equal(got.length, payloads.length);
+  // A flipped payload byte fails the CRC once the assembled frame is complete.
+  const bad = encodeFrame(Command.Pages, big(200_000));
+  bad[FRAME_HEADER_BYTES + 123_456] = bad[FRAME_HEADER_BYTES + 123_456]! ^ 0x04;
+  const d1 = new FrameDecoder();
+  d1.payloadSink = (n) => new Uint8Array(n);
+  assert.equal(
+    codeOf(() => {
+      for (let i = 0; i < bad.length; i += 50_000) d1.push(bad.subarray(i, i + 50_000));
+    }),
+    "MIGRATION_CORRUPT_FRAME",
+  );
+  // The stream ending inside an assembled payload is a truncation.
+  const d2 = new FrameDecoder();
+  d2.payloadSink = (n) => new Uint8Array(n);
+  const whole = encodeFrame(Command.Pages, big(200_000));
+  d2.push(whole.subarray(0, 100_000));
+  assert.equal(d2.bufferedBytes, 100_000);
+  assert.equal(
+    codeOf(() => d2.finish()),
+    "MIGRATION_CORRUPT_FRAME",
+  );
 });

@@ -265,6 +265,16 @@ export function encodeFrame(command: Command, payload: Uint8Array = EMPTY, flags
 }
 
 /**
+ * Where a large payload may be assembled: given its length, a place for it (its bytes are
+ * copied there as they arrive, and the frame's payload is that place), or undefined for the
+ * default (chunks merged into a new Buffer). See FrameDecoder.payloadSink.
+ */
+export type PayloadSink = (length: number) => Uint8Array | undefined;
+
+/** Payloads from this size up are offered to the payload sink. */
+export const PAYLOAD_SINK_MIN_BYTES = 64 * 1024;
+
+/**
  * Incremental frame decoder: push socket chunks, get whole frames. Chunks are kept by
  * reference (not copied) until consumed; payloads may be views of them. Any corruption (bad
  * magic, oversized length, bad CRC, unknown command, non-zero flags, bytes left at `finish()`)
@@ -274,26 +284,48 @@ export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private failure: MigrationProtocolError | undefined;
+  /** A large frame whose payload is being copied into the sink's place as chunks arrive. */
+  private assembling: { head: Buffer; dest: Uint8Array; filled: number } | undefined;
 
   /** Largest payload accepted; lower it (e.g. to MAX_CONTROL_PAYLOAD_BYTES) until the peer is authenticated. */
   maxPayload: number;
+
+  /**
+   * Optional: a place for each payload of PAYLOAD_SINK_MIN_BYTES or more that does not arrive
+   * in one chunk, so that it is copied once, straight where it is used (the migration target
+   * gives places in the guest engine's wasm memory, where its pages are applied). Whoever
+   * sets it owns the places: one must stay untouched until its frame has been handled.
+   */
+  payloadSink: PayloadSink | undefined;
 
   constructor(options?: { maxPayload?: number }) {
     this.maxPayload = Math.min(options?.maxPayload ?? MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES);
   }
 
   get bufferedBytes(): number {
-    return this.buffered;
+    return this.buffered + (this.assembling !== undefined ? FRAME_HEADER_BYTES + this.assembling.filled : 0);
   }
 
   push(chunk: Uint8Array): Frame[] {
     if (this.failure !== undefined) throw this.failure;
-    if (chunk.length > 0) {
-      this.chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-      this.buffered += chunk.length;
-    }
     const frames: Frame[] = [];
     try {
+      let rest: Uint8Array = chunk;
+      if (this.assembling !== undefined && rest.length > 0) {
+        const a = this.assembling;
+        const n = Math.min(rest.length, a.dest.length - a.filled);
+        a.dest.set(n === rest.length ? rest : rest.subarray(0, n), a.filled);
+        a.filled += n;
+        rest = rest.subarray(n);
+        if (a.filled === a.dest.length) {
+          this.assembling = undefined;
+          frames.push(checkedFrame(a.head, Buffer.from(a.dest.buffer, a.dest.byteOffset, a.dest.length)));
+        }
+      }
+      if (rest.length > 0) {
+        this.chunks.push(Buffer.isBuffer(rest) ? rest : Buffer.from(rest.buffer, rest.byteOffset, rest.byteLength));
+        this.buffered += rest.length;
+      }
       for (;;) {
         const f = this.next();
         if (f === undefined) break;
@@ -303,6 +335,7 @@ export class FrameDecoder {
       this.failure = err instanceof MigrationProtocolError ? err : corrupt(String(err), err);
       this.chunks = [];
       this.buffered = 0;
+      this.assembling = undefined;
       throw this.failure;
     }
     return frames;
@@ -311,8 +344,8 @@ export class FrameDecoder {
   /** Call when the stream ends: a partial frame left over is a truncation. */
   finish(): void {
     if (this.failure !== undefined) throw this.failure;
-    if (this.buffered > 0) {
-      this.failure = corrupt(`stream ended inside a frame (${this.buffered} bytes left over)`);
+    if (this.bufferedBytes > 0) {
+      this.failure = corrupt(`stream ended inside a frame (${this.bufferedBytes} bytes left over)`);
       throw this.failure;
     }
   }
@@ -339,7 +372,7 @@ export class FrameDecoder {
   }
 
   private next(): Frame | undefined {
-    if (this.buffered === 0) return undefined;
+    if (this.buffered === 0 || this.assembling !== undefined) return undefined;
     const b0 = this.chunks[0]![0]!;
     if (b0 !== FRAME_MAGIC >> 8) throw corrupt(`bad frame magic (first byte 0x${b0.toString(16)})`);
     if (this.buffered < 2) return undefined;
@@ -348,18 +381,41 @@ export class FrameDecoder {
     if (this.buffered < 8) return undefined;
     const length = this.peek(8).readUInt32LE(4);
     if (length > this.maxPayload) throw corrupt(`frame length ${length} exceeds the limit of ${this.maxPayload} bytes`);
-    if (this.buffered < FRAME_HEADER_BYTES + length) return undefined;
+    if (this.buffered < FRAME_HEADER_BYTES + length) {
+      if (length >= PAYLOAD_SINK_MIN_BYTES && this.buffered >= FRAME_HEADER_BYTES && this.payloadSink !== undefined) this.startAssembling(length);
+      return undefined;
+    }
     const bytes = this.take(FRAME_HEADER_BYTES + length);
-    const payload = bytes.subarray(FRAME_HEADER_BYTES);
-    const want = bytes.readUInt32LE(8);
-    const got = crc32(payload, crc32(bytes.subarray(0, 8)));
-    if (got !== want) throw corrupt(`frame CRC mismatch (header says 0x${want.toString(16)}, data gives 0x${got.toString(16)})`);
-    const command = bytes[2]!;
-    const flags = bytes[3]!;
-    if (command === 0 || command > MAX_COMMAND) throw corrupt(`unknown command ${command}`);
-    if (flags !== 0) throw corrupt(`unknown flags 0x${flags.toString(16)} on ${commandName(command)}`);
-    return { command: command as Command, flags, payload };
+    return checkedFrame(bytes.subarray(0, FRAME_HEADER_BYTES), bytes.subarray(FRAME_HEADER_BYTES));
   }
+
+  /** Moves a large frame's header and buffered payload bytes out, to go on in the sink's place. */
+  private startAssembling(length: number): void {
+    const dest = this.payloadSink?.(length);
+    if (dest === undefined) return;
+    if (dest.length !== length) throw new RangeError(`the payload sink gave ${dest.length} bytes for a payload of ${length}`);
+    const head = Buffer.from(this.take(FRAME_HEADER_BYTES));
+    let filled = 0;
+    for (const c of this.chunks) {
+      dest.set(c, filled);
+      filled += c.length;
+    }
+    this.chunks = [];
+    this.buffered = 0;
+    this.assembling = { head, dest, filled };
+  }
+}
+
+/** Checks a frame's CRC, command and flags; returns it. */
+function checkedFrame(head: Buffer, payload: Buffer): Frame {
+  const want = head.readUInt32LE(8);
+  const got = crc32(payload, crc32(head.subarray(0, 8)));
+  if (got !== want) throw corrupt(`frame CRC mismatch (header says 0x${want.toString(16)}, data gives 0x${got.toString(16)})`);
+  const command = head[2]!;
+  const flags = head[3]!;
+  if (command === 0 || command > MAX_COMMAND) throw corrupt(`unknown command ${command}`);
+  if (flags !== 0) throw corrupt(`unknown flags 0x${flags.toString(16)} on ${commandName(command)}`);
+  return { command: command as Command, flags, payload };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,12 +13,17 @@ import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, PA
 import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
 import { FrameConnection } from "./transport.js";
 import { WasmPageApplier } from "./wasmdelta.js";
+import { PayloadSlots } from "./slots.js";
 import { defaultCacheDir } from "../common/paths.js";
-
-/** Payloads up to this size are applied in wasm (the source's are 1 MiB); larger ones by the JS path. */
-export const TARGET_HOST_AREA_BYTES = 2 * 1024 * 1024;
 import type { Migratable } from "./vm.js";
 import { monotonicMs, roundMs } from "../common/time.js";
+
+/** Payloads up to this size are applied in wasm (the source's are 1 MiB); larger ones by the JS path. */
+const APPLY_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024;
+/** Places where large payloads are assembled in the engine's memory (see PayloadSlots). */
+const PAYLOAD_SLOTS = 3;
+/** The target's host area: the applier's scratch, then the payload places. */
+export const TARGET_HOST_AREA_BYTES = (1 + PAYLOAD_SLOTS) * APPLY_MAX_PAYLOAD_BYTES;
 
 export interface TargetParams {
   token: string;
@@ -66,6 +71,7 @@ export class LiveMigrationTarget {
   /** Pages written with data since prepare zeroed RAM: a ZERO page that is not is zero already. */
   private written: Uint8Array | undefined;
   private applier: WasmPageApplier | undefined;
+  private slots: PayloadSlots | undefined;
   private pausedAtMs = 0;
   private guestClockMs = 0;
 
@@ -130,8 +136,12 @@ export class LiveMigrationTarget {
   }
 
   private async process(f: Frame): Promise<void> {
-    if (this.settled && this.sm.state === "Aborted") return;
-    await this.apply(this.sm.handle(f));
+    try {
+      if (this.settled && this.sm.state === "Aborted") return;
+      await this.apply(this.sm.handle(f));
+    } finally {
+      this.slots?.release(f.payload);
+    }
     // Once the source has proven it holds the token, page frames may be large.
     if (this.sm.state === "Preparing" || this.sm.state === "Prepared") this.conn?.setMaxPayload(MAX_PAYLOAD_BYTES);
   }
@@ -166,7 +176,15 @@ export class LiveMigrationTarget {
         this.written = new Uint8Array(a.pageCount);
         // Payloads are applied in wasm where the engine's memory can hold a scratch copy.
         const area = this.vm.hostArea?.(TARGET_HOST_AREA_BYTES);
-        if (area !== undefined) this.applier = await WasmPageApplier.create(area.memory, area.offset, TARGET_HOST_AREA_BYTES, defaultCacheDir()).catch(() => undefined);
+        if (area !== undefined) {
+          this.applier = await WasmPageApplier.create(area.memory, area.offset, APPLY_MAX_PAYLOAD_BYTES, defaultCacheDir()).catch(() => undefined);
+          // Page payloads are then assembled in the engine's memory as they arrive, and applied
+          // there: one copy from the socket's buffers, instead of merging them into a new
+          // Buffer and copying that into the applier's scratch.
+          const slots = new PayloadSlots(area.memory, area.offset + APPLY_MAX_PAYLOAD_BYTES, APPLY_MAX_PAYLOAD_BYTES, PAYLOAD_SLOTS);
+          this.slots = slots;
+          this.conn?.setPayloadSink((n) => slots.take(n));
+        }
         return this.sm.prepared();
       }
       case "writePages": {

@@ -4,7 +4,7 @@
  * VM process; it knows nothing of the state machines.
  */
 import type { Socket } from "node:net";
-import { FrameDecoder, MigrationAbortedError, toMigrationError, type Frame, type MigrationError } from "./protocol.js";
+import { FrameDecoder, MigrationAbortedError, toMigrationError, type Frame, type MigrationError, type PayloadSink } from "./protocol.js";
 
 /** Past this many bytes queued in the socket, writers wait for 'drain'. */
 const HIGH_WATER = 8 * 1024 * 1024;
@@ -51,6 +51,11 @@ export class FrameConnection {
   /** Raises (or lowers) the largest frame accepted, e.g. once the peer is authenticated. */
   setMaxPayload(bytes: number): void {
     this.decoder.maxPayload = bytes;
+  }
+
+  /** Where large payloads are assembled from now on (see FrameDecoder.payloadSink). */
+  setPayloadSink(sink: PayloadSink | undefined): void {
+    this.decoder.payloadSink = sink;
   }
 
   get closed(): boolean {

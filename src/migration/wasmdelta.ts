@@ -404,12 +404,22 @@ export class WasmPageApplier {
     return new WasmPageApplier(memory, await pageFunction<ApplyPagesFn>(memory, cacheDir, "apply_pages"), scratch, maxPayload);
   }
 
-  /** True when applied; false when the payload is left to the JS path (too big, or LZ4 entries). */
+  /**
+   * True when applied; false when the payload is left to the JS path (too big, or LZ4 entries).
+   * A payload that lies in the engine's memory already (assembled there, see PayloadSlots) is
+   * applied where it is; any other is copied into the scratch first.
+   */
   apply(ram: Uint8Array, payload: Uint8Array): boolean {
     const buffer = this.memory.buffer;
-    if (ram.buffer !== buffer || payload.length > this.maxPayload || ram.length % 4096 !== 0) return false;
-    new Uint8Array(buffer, this.scratch, payload.length).set(payload);
-    const err = this.fn(ram.byteOffset, ram.length / 4096, this.scratch, payload.length);
+    if (ram.buffer !== buffer || ram.length % 4096 !== 0) return false;
+    let at: number;
+    if (payload.buffer === buffer) at = payload.byteOffset;
+    else {
+      if (payload.length > this.maxPayload) return false;
+      new Uint8Array(buffer, this.scratch, payload.length).set(payload);
+      at = this.scratch;
+    }
+    const err = this.fn(ram.byteOffset, ram.length / 4096, at, payload.length);
     switch (err) {
       case 0:
         return true;
