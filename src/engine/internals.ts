@@ -156,7 +156,7 @@ function reserveHeap(cpu: V86Cpu, bytes: number): void {
  * returns the counter) and keeps v86's heap from growing wasm memory while it compiles.
  *
  * v86's JIT keeps ~20 KiB of its own heap per compiled module, and its allocator grows wasm
- * memory 64 KiB at a time when it runs out. Each grow of the engine's wasm memory (~200 MiB with
+ * memory 64 KiB at a time when it runs out. Each grow of the engine's wasm memory (150-300 MiB with
  * guest RAM) makes V8 count the whole grown buffer as new external memory until the next GC,
  * which starts a major GC at once: measured, one every 1-3 s while a guest's JIT was compiling,
  * each holding the VM's thread 5-10 ms, the longest heartbeat silences of a guest not being

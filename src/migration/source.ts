@@ -37,10 +37,11 @@ export const LIVE_DEFAULTS = { downtimeTargetMs: 50, maxRounds: 30, sliceBytes: 
 /**
  * Round 0 reads RAM in slices this big, the guest running in between. Its non-zero pages cost
  * 2-10 us each (zero check, shadow copy, batching, the socket write), and the guest waits for
- * a slice to end: at 4 MiB, slices of 3-14 ms held an idle guest's heartbeat up to ~35 ms;
- * at 1 MiB (one frame's worth) it stays near its usual period, and round 0 even moves faster
- * (the socket is fed in smaller, steadier steps): measured, heartbeat silence median 29 -> 23 ms,
- * round 0 352 -> 457 MB/s, over 10 idle moves each.
+ * a slice to end: at 4 MiB, slices of 3-14 ms held an idle guest's heartbeat up to ~35 ms.
+ * At 1 MiB (one frame's worth), in back-to-back runs of 10 idle moves: heartbeat silence
+ * median 29 -> 23 ms, and round 0 no slower (352 -> 457 MB/s there; such figures vary by a
+ * third from run to run on a 2-core machine). Yielding by time (every 2 ms) instead of every
+ * slice made no difference.
  */
 const ROUND0_SLICE_BYTES = 1024 * 1024;
 
