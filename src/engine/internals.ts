@@ -267,7 +267,6 @@ export function installJitGate(emulator: V86Emulator): void {
   const v86 = emulator.v86;
   const cpu = v86.cpu;
   const next = v86.yield.bind(v86);
-  const busyPerWindow = (JIT_BUSY_INSTRUCTIONS_PER_S * JIT_GATE_WINDOW_MS) / 1000;
   // Off until the guest is seen busy (a boot is, within the first window): a guest restored
   // idle, as after a live migration, has nothing worth compiling yet (see docs/design.md).
   let compiling = false;
@@ -279,7 +278,10 @@ export function installJitGate(emulator: V86Emulator): void {
     const now = monotonicMs();
     if (now - windowStart >= JIT_GATE_WINDOW_MS) {
       const instructions = emulator.get_instruction_counter();
-      if ((instructions - windowInstructions) >>> 0 >= busyPerWindow) lastBusy = now;
+      // A rate over the window as it really was: when the event loop is held up (a loaded
+      // host), a window spans several times JIT_GATE_WINDOW_MS, and an idle guest's count over
+      // it would pass for a busy one's.
+      if (((instructions - windowInstructions) >>> 0) * 1000 >= JIT_BUSY_INSTRUCTIONS_PER_S * (now - windowStart)) lastBusy = now;
       const sinceBusy = now - lastBusy;
       const compile = sinceBusy < JIT_GATE_HOLD_MS || sinceBusy >= JIT_IDLE_COMPILE_AFTER_MS;
       if (compile !== compiling) {
