@@ -297,13 +297,12 @@ void test("large payloads are assembled in the payload sink's place, whatever th
       payloads.map(() => 0),
       `chunks of ${chunkBytes}: payloads intact`,
     );
-    // Only large payloads that did not arrive whole went to the sink, and they lie there.
+    // Large payloads went to the sink (also those that arrived in one chunk), and they lie there.
     for (const [i, f] of frames.entries()) {
       const inSink = f.payload.buffer === arena.buffer;
-      const expected = payloads[i]!.length >= PAYLOAD_SINK_MIN_BYTES && chunkBytes < FRAME_HEADER_BYTES + payloads[i]!.length;
-      if (chunkBytes !== wire.length) assert.equal(inSink, expected, `chunks of ${chunkBytes}: payload ${i} in the sink: ${inSink}`);
+      assert.equal(inSink, payloads[i]!.length >= PAYLOAD_SINK_MIN_BYTES, `chunks of ${chunkBytes}: payload ${i} in the sink: ${inSink}`);
     }
-    if (chunkBytes === wire.length) assert.deepEqual(given, [], "a stream that arrives whole needs no sink");
+    assert.deepEqual(given, payloads.map((p) => p.length).filter((n) => n >= PAYLOAD_SINK_MIN_BYTES), `chunks of ${chunkBytes}: places asked for`);
   }
   // A sink that declines: the ordinary path.
   const declining = new FrameDecoder();
@@ -332,4 +331,61 @@ void test("large payloads are assembled in the payload sink's place, whatever th
     codeOf(() => d2.finish()),
     "MIGRATION_CORRUPT_FRAME",
   );
+});
+
+void test("a reader that reuses its buffer and reads into readPlace(): frames stay intact after the buffer is overwritten, and large payloads are read in place", () => {
+  const rand = seededRandom(9);
+  const big = (n: number): Buffer => {
+    const b = Buffer.alloc(n);
+    for (let i = 0; i < n; i += 89) b[i] = randInt(rand, 256);
+    return b;
+  };
+  const payloads = [Buffer.from("hello"), big(1 << 20), big(70_000), Buffer.from("x"), big(PAYLOAD_SINK_MIN_BYTES - 1), big(PAYLOAD_SINK_MIN_BYTES), Buffer.from("tail")];
+  const wire = Buffer.concat(payloads.map((p) => encodeFrame(Command.Pages, p)));
+  for (const readBytes of [7, 4096, 65536, 300_000]) {
+    const arena = new Uint8Array(4 << 20);
+    let next = 0;
+    const d = new FrameDecoder();
+    d.payloadSink = (n) => {
+      const place = arena.subarray(next, next + n);
+      next += n;
+      return place;
+    };
+    const reused = Buffer.alloc(readBytes);
+    const frames: Frame[] = [];
+    let inPlace = 0;
+    for (let at = 0; at < wire.length; ) {
+      // As the kernel does: at most the place's length, never past it.
+      const place = d.readPlace() ?? reused;
+      const n = Math.min(place.length, wire.length - at);
+      place.set(wire.subarray(at, at + n));
+      at += n;
+      if (place !== reused) inPlace += n;
+      frames.push(...d.push(place.subarray(0, n), place === reused));
+      reused.fill(0xee);
+    }
+    d.finish();
+    assert.equal(frames.length, payloads.length, `reads of ${readBytes}: every frame`);
+    for (const [i, f] of frames.entries()) assert.equal(Buffer.compare(f.payload, payloads[i]!), 0, `reads of ${readBytes}: payload ${i} intact after the read buffer was reused`);
+    const large = payloads.filter((p) => p.length >= PAYLOAD_SINK_MIN_BYTES).reduce((n, p) => n + p.length, 0);
+    // Only what came in the same read as a large frame's header was copied into its place.
+    assert.ok(inPlace >= large - 3 * readBytes, `reads of ${readBytes}: ${inPlace} of ${large} large-payload bytes read in place`);
+  }
+  // A corrupt frame read in place is still refused, and the decoder offers no place after that.
+  const bad = encodeFrame(Command.Pages, big(200_000));
+  bad[FRAME_HEADER_BYTES + 150_000] = bad[FRAME_HEADER_BYTES + 150_000]! ^ 0x10;
+  const d = new FrameDecoder();
+  d.payloadSink = (n) => new Uint8Array(n);
+  const reused = Buffer.alloc(4096);
+  const code = codeOf(() => {
+    for (let at = 0; at < bad.length; ) {
+      const place = d.readPlace() ?? reused;
+      const n = Math.min(place.length, bad.length - at);
+      place.set(bad.subarray(at, at + n));
+      at += n;
+      d.push(place.subarray(0, n), place === reused);
+    }
+  });
+  assert.equal(code, "MIGRATION_CORRUPT_FRAME");
+  assert.equal(d.readPlace(), undefined);
 });

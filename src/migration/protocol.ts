@@ -276,9 +276,11 @@ export const PAYLOAD_SINK_MIN_BYTES = 64 * 1024;
 
 /**
  * Incremental frame decoder: push socket chunks, get whole frames. Chunks are kept by
- * reference (not copied) until consumed; payloads may be views of them. Any corruption (bad
- * magic, oversized length, bad CRC, unknown command, non-zero flags, bytes left at `finish()`)
- * throws MIGRATION_CORRUPT_FRAME, and the decoder then refuses all further input.
+ * reference (not copied) until consumed, and payloads may be views of them, unless a chunk is
+ * pushed as transient (its memory is reused once push() returns): what is kept of it is copied.
+ * Any corruption (bad magic, oversized length, bad CRC, unknown command, non-zero flags, bytes
+ * left at `finish()`) throws MIGRATION_CORRUPT_FRAME, and the decoder then refuses all further
+ * input.
  */
 export class FrameDecoder {
   private chunks: Buffer[] = [];
@@ -291,10 +293,10 @@ export class FrameDecoder {
   maxPayload: number;
 
   /**
-   * Optional: a place for each payload of PAYLOAD_SINK_MIN_BYTES or more that does not arrive
-   * in one chunk, so that it is copied once, straight where it is used (the migration target
-   * gives places in the guest engine's wasm memory, where its pages are applied). Whoever
-   * sets it owns the places: one must stay untouched until its frame has been handled.
+   * Optional: a place for each payload of PAYLOAD_SINK_MIN_BYTES or more, so that it is copied
+   * once, straight where it is used (the migration target gives places in the guest engine's
+   * wasm memory, where its pages are applied), or read there by the kernel (see readPlace).
+   * Whoever sets it owns the places: one must stay untouched until its frame has been handled.
    */
   payloadSink: PayloadSink | undefined;
 
@@ -306,7 +308,18 @@ export class FrameDecoder {
     return this.buffered + (this.assembling !== undefined ? FRAME_HEADER_BYTES + this.assembling.filled : 0);
   }
 
-  push(chunk: Uint8Array): Frame[] {
+  /**
+   * Where the next bytes of the stream belong, when a payload is being assembled in the sink's
+   * place: the rest of that payload. A reader that reads into it (and pushes that view) saves
+   * the copy; the next frame's bytes never land there, as the view ends with the payload.
+   */
+  readPlace(): Uint8Array | undefined {
+    const a = this.assembling;
+    return a !== undefined && this.failure === undefined ? a.dest.subarray(a.filled) : undefined;
+  }
+
+  /** Decodes what `chunk` completes. `transient`: its memory is reused after this call (nothing may keep a view of it). */
+  push(chunk: Uint8Array, transient = false): Frame[] {
     if (this.failure !== undefined) throw this.failure;
     const frames: Frame[] = [];
     try {
@@ -314,7 +327,9 @@ export class FrameDecoder {
       if (this.assembling !== undefined && rest.length > 0) {
         const a = this.assembling;
         const n = Math.min(rest.length, a.dest.length - a.filled);
-        a.dest.set(n === rest.length ? rest : rest.subarray(0, n), a.filled);
+        // Bytes read straight into their place (readPlace) are there already.
+        const inPlace = rest.buffer === a.dest.buffer && rest.byteOffset === a.dest.byteOffset + a.filled;
+        if (!inPlace) a.dest.set(n === rest.length ? rest : rest.subarray(0, n), a.filled);
         a.filled += n;
         rest = rest.subarray(n);
         if (a.filled === a.dest.length) {
@@ -327,10 +342,12 @@ export class FrameDecoder {
         this.buffered += rest.length;
       }
       for (;;) {
-        const f = this.next();
+        const f = this.next(transient ? chunk.buffer : undefined);
         if (f === undefined) break;
         frames.push(f);
       }
+      // What is left of a transient chunk (the start of a frame) is copied: its memory is reused.
+      if (transient) this.chunks = this.chunks.map((c) => (c.buffer === chunk.buffer ? Buffer.from(c) : c));
     } catch (err) {
       this.failure = err instanceof MigrationProtocolError ? err : corrupt(String(err), err);
       this.chunks = [];
@@ -371,7 +388,7 @@ export class FrameDecoder {
     return out;
   }
 
-  private next(): Frame | undefined {
+  private next(transient: ArrayBufferLike | undefined): Frame | undefined {
     if (this.buffered === 0 || this.assembling !== undefined) return undefined;
     const b0 = this.chunks[0]![0]!;
     if (b0 !== FRAME_MAGIC >> 8) throw corrupt(`bad frame magic (first byte 0x${b0.toString(16)})`);
@@ -381,28 +398,40 @@ export class FrameDecoder {
     if (this.buffered < 8) return undefined;
     const length = this.peek(8).readUInt32LE(4);
     if (length > this.maxPayload) throw corrupt(`frame length ${length} exceeds the limit of ${this.maxPayload} bytes`);
-    if (this.buffered < FRAME_HEADER_BYTES + length) {
-      if (length >= PAYLOAD_SINK_MIN_BYTES && this.buffered >= FRAME_HEADER_BYTES && this.payloadSink !== undefined) this.startAssembling(length);
-      return undefined;
+    if (length >= PAYLOAD_SINK_MIN_BYTES && this.buffered >= FRAME_HEADER_BYTES && this.payloadSink !== undefined && this.startAssembling(length)) {
+      const a = this.assembling!;
+      if (a.filled < a.dest.length) return undefined;
+      this.assembling = undefined;
+      return checkedFrame(a.head, Buffer.from(a.dest.buffer, a.dest.byteOffset, a.dest.length));
     }
+    if (this.buffered < FRAME_HEADER_BYTES + length) return undefined;
     const bytes = this.take(FRAME_HEADER_BYTES + length);
-    return checkedFrame(bytes.subarray(0, FRAME_HEADER_BYTES), bytes.subarray(FRAME_HEADER_BYTES));
+    // A frame in a transient chunk is copied out (one small frame: a large one went to the sink).
+    const frame = bytes.buffer === transient ? Buffer.from(bytes) : bytes;
+    return checkedFrame(frame.subarray(0, FRAME_HEADER_BYTES), frame.subarray(FRAME_HEADER_BYTES));
   }
 
-  /** Moves a large frame's header and buffered payload bytes out, to go on in the sink's place. */
-  private startAssembling(length: number): void {
+  /**
+   * Moves a large frame's header and buffered payload bytes (up to its length) into a place
+   * from the sink, to go on there; false when the sink has none.
+   */
+  private startAssembling(length: number): boolean {
     const dest = this.payloadSink?.(length);
-    if (dest === undefined) return;
+    if (dest === undefined) return false;
     if (dest.length !== length) throw new RangeError(`the payload sink gave ${dest.length} bytes for a payload of ${length}`);
     const head = Buffer.from(this.take(FRAME_HEADER_BYTES));
     let filled = 0;
-    for (const c of this.chunks) {
-      dest.set(c, filled);
-      filled += c.length;
+    while (filled < length && this.chunks.length > 0) {
+      const c = this.chunks[0]!;
+      const n = Math.min(c.length, length - filled);
+      dest.set(n === c.length ? c : c.subarray(0, n), filled);
+      filled += n;
+      this.buffered -= n;
+      if (n === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(n);
     }
-    this.chunks = [];
-    this.buffered = 0;
     this.assembling = { head, dest, filled };
+    return true;
   }
 }
 

@@ -22,6 +22,11 @@ import { monotonicMs, roundMs } from "../common/time.js";
 const APPLY_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024;
 /** Places where large payloads are assembled in the engine's memory (see PayloadSlots). */
 const PAYLOAD_SLOTS = 3;
+/**
+ * Reads that are not into a payload's place go into one buffer this big: a large payload then
+ * lands in its place from its second read on (see FrameConnection's readBufferBytes).
+ */
+const READ_BUFFER_BYTES = 64 * 1024;
 /** The target's host area: the applier's scratch, then the payload places. */
 export const TARGET_HOST_AREA_BYTES = (1 + PAYLOAD_SLOTS) * APPLY_MAX_PAYLOAD_BYTES;
 
@@ -105,7 +110,7 @@ export class LiveMigrationTarget {
           this.chain = this.chain.then(() => this.apply(err !== undefined && this.sm.state !== "AwaitHello" ? this.sm.connectionLost() : this.sm.connectionLost()));
         },
       },
-      { maxPayload: MAX_CONTROL_PAYLOAD_BYTES, ...(head !== undefined ? { head } : {}) },
+      { maxPayload: MAX_CONTROL_PAYLOAD_BYTES, readBufferBytes: READ_BUFFER_BYTES, ...(head !== undefined ? { head } : {}) },
     );
     this.touch();
   }

@@ -3,7 +3,7 @@
  * where the stream ends (close, error, corrupt frame). Used by both the source and the target
  * VM process; it knows nothing of the state machines.
  */
-import type { Socket } from "node:net";
+import { Socket, type OnReadOpts } from "node:net";
 import { FrameDecoder, MigrationAbortedError, toMigrationError, type Frame, type MigrationError, type PayloadSink } from "./protocol.js";
 
 /** Past this many bytes queued in the socket, writers wait for 'drain'. */
@@ -20,17 +20,37 @@ export class FrameConnection {
   private ended = false;
   private closingByUs = false;
   private drainWaiters: (() => void)[] = [];
+  /** The connection's socket (another object than the one given when reads were adopted). */
+  readonly socket: Socket;
+  /** Whether the socket reads into a reused buffer and into payload places (see adoptReads). */
+  readonly readsInPlace: boolean;
   bytesIn = 0;
   bytesOut = 0;
 
-  constructor(
-    readonly socket: Socket,
-    private readonly handlers: FrameConnectionHandlers,
-    options: { head?: Buffer; maxPayload?: number } = {},
-  ) {
+  /**
+   * `readBufferBytes`: read into one buffer of this size, reused, and straight into the payload
+   * sink's places (see adoptReads) instead of into a new Buffer per read; for the side that
+   * receives a VM's pages.
+   */
+  constructor(socket: Socket, private readonly handlers: FrameConnectionHandlers, options: { head?: Buffer; maxPayload?: number; readBufferBytes?: number } = {}) {
     this.decoder = new FrameDecoder(options.maxPayload !== undefined ? { maxPayload: options.maxPayload } : {});
+    const pending: Buffer[] = options.head !== undefined && options.head.length > 0 ? [options.head] : [];
+    let adopted: Socket | undefined;
+    if (options.readBufferBytes !== undefined) {
+      const buffer = Buffer.allocUnsafe(options.readBufferBytes);
+      adopted = adoptReads(socket, pending, {
+        buffer: () => this.decoder.readPlace() ?? buffer,
+        callback: (n, buf) => {
+          this.feed(buf.subarray(0, n), buf === buffer);
+          return true;
+        },
+      });
+    }
+    this.socket = adopted ?? socket;
+    this.readsInPlace = adopted !== undefined;
+    socket = this.socket;
     socket.setNoDelay(true);
-    socket.on("data", (chunk: Buffer) => this.feed(chunk));
+    if (adopted === undefined) socket.on("data", (chunk: Buffer) => this.feed(chunk, false));
     socket.on("drain", () => this.wakeWriters());
     socket.on("error", (err) => this.end(new MigrationAbortedError("MIGRATION_CONNECTION_LOST", `migration connection failed: ${err.message}`, err)));
     socket.on("close", () => {
@@ -44,8 +64,8 @@ export class FrameConnection {
         }
       }
     });
-    if (options.head !== undefined && options.head.length > 0) queueMicrotask(() => this.feed(options.head!));
-    if (socket.isPaused()) socket.resume();
+    if (pending.length > 0) queueMicrotask(() => pending.forEach((b) => this.feed(b, false)));
+    if (adopted === undefined && socket.isPaused()) socket.resume();
   }
 
   /** Raises (or lowers) the largest frame accepted, e.g. once the peer is authenticated. */
@@ -62,12 +82,12 @@ export class FrameConnection {
     return this.ended;
   }
 
-  private feed(chunk: Buffer): void {
+  private feed(chunk: Uint8Array, transient: boolean): void {
     if (this.ended) return;
     this.bytesIn += chunk.length;
     let frames: Frame[];
     try {
-      frames = this.decoder.push(chunk);
+      frames = this.decoder.push(chunk, transient);
     } catch (err) {
       this.end(toMigrationError(err));
       this.socket.destroy();
@@ -144,4 +164,32 @@ export class FrameConnection {
     this.wakeWriters();
     this.handlers.onEnd(error);
   }
+}
+
+/**
+ * The connection of `socket`, as a new Socket that reads with Node's `onread`: into one reused
+ * buffer, or wherever `onread.buffer()` says (the rest of a payload being assembled), instead of
+ * into a new 64 KiB Buffer per read. Measured on loopback, 48 MiB: the receiving process spent
+ * ~115-155 ms (90 ms of it in the kernel) the usual way, ~11-18 ms this way. Node offers
+ * `onread` only when it creates a socket, and a socket handed over from the host agent (IPC) is
+ * created by Node, so its handle is moved to a new Socket: reads stop on the old one, bytes it
+ * had buffered already are appended to `pending` (they come first), and the old object is left
+ * without a handle. Undefined (nothing changed) when the socket does not have the expected
+ * internals; the caller reads the usual way then.
+ */
+export function adoptReads(socket: Socket, pending: Buffer[], onread: OnReadOpts): Socket | undefined {
+  const internals = socket as unknown as { _handle?: { readStop?: () => number; useUserBuffer?: unknown; reading?: boolean } | null };
+  const handle = internals._handle;
+  if (handle === null || handle === undefined || typeof handle.readStop !== "function" || typeof handle.useUserBuffer !== "function" || typeof handle.reading !== "boolean" || socket.destroyed || socket.readableEnded) return undefined;
+  handle.readStop();
+  for (let b = socket.read() as Buffer | null; b !== null; b = socket.read() as Buffer | null) pending.push(b);
+  // read() may have started reading again to refill the stream's buffer; the new socket starts
+  // reading only on a handle marked as not reading.
+  handle.readStop();
+  handle.reading = false;
+  internals._handle = null;
+  const adopted = new Socket({ handle, onread } as unknown as ConstructorParameters<typeof Socket>[0]);
+  // Whoever watches the old object (Node tracks sockets received from a server's process) hears of the close.
+  adopted.once("close", (hadError: boolean) => socket.emit("close", hadError));
+  return adopted;
 }
