@@ -167,6 +167,8 @@ void describe("migration between host agents with real guests", { timeout: 15 * 
       assert.ok(r1.ramSha256 !== undefined, "test mode reports RAM hashes");
       assert.equal(r1.ramSha256.target, r1.ramSha256.source, "target RAM differs from the source's at the pause");
       assert.ok(r1.rounds.length >= 2, "a full round and the final copy");
+      assert.equal(r1.firstPass, "wasm", "round 0 ran in wasm (the RAM compared above went through it)");
+      assert.equal(r1.dirtyTracking, "log");
       assert.ok(r1.downtimeMs > 0 && r1.downtimeMs < r1.totalMs);
       assert.deepEqual(whereRuns("live1"), ["b"]);
       await hb.waitMore(20);

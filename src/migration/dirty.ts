@@ -229,6 +229,18 @@ export class DirtyTracker {
     }
   }
 
+  /**
+   * For a first pass done outside the tracker on its shadow (WasmFirstPass): marks pages
+   * [fromPage, toPage) as reported, as firstPass() does; the caller copies each non-zero page
+   * into the shadow (zero pages are there already).
+   */
+  markFirstPass(fromPage: number, toPage: number): void {
+    if (fromPage < 0 || toPage > this.pageCount || fromPage > toPage) throw new RangeError(`pages [${fromPage}, ${toPage}) are outside [0, ${this.pageCount})`);
+    if (!this.zeroed) throw new Error("the shadow was allocated unzeroed: prefault() it first");
+    for (let p = fromPage; p < toPage; p++) if (this.known[p] === 1) throw new RangeError(`first pass over page ${p}, which was reported before`);
+    this.known.fill(1, fromPage, toPage);
+  }
+
   /** How many pages in [fromPage, toPage) differ from the shadow, without reporting them or touching the shadow. */
   countSlice(ram: Uint8Array, fromPage: number, toPage: number): number {
     this.check(ram, fromPage, toPage);

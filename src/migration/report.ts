@@ -73,6 +73,8 @@ export interface MigrationReport {
   dirtyTracking?: "log" | "compare";
   /** Live: which DELTA encoder ran: in wasm on the engine's memory, or the JS fallback. */
   deltaEncoder?: "wasm" | "js";
+  /** Live: where round 0 (zero check, shadow copy, RAW entries) ran: in wasm on the engine's memory, or the JS fallback. */
+  firstPass?: "wasm" | "js";
   throttleMax: number;
   stunnedMs: number;
   /** Test mode: sha256 of guest RAM at the pause on the source and after the restore on the target. */

@@ -12,11 +12,11 @@
 import { createHash } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { DirtyTracker } from "./dirty.js";
-import { DELTA_OUT_BYTES, pageEncoderScratchBytes, WasmDelta, WasmPageEncoder } from "./wasmdelta.js";
+import { DELTA_OUT_BYTES, firstPassScratchBytes, pageEncoderScratchBytes, WasmDelta, WasmFirstPass, WasmPageEncoder } from "./wasmdelta.js";
 import { defaultCacheDir } from "../common/paths.js";
 import { PageBatchWriter } from "./pages.js";
 import { decideNextStep, type PolicyDecision } from "./policy.js";
-import { MigrationAbortedError, PAGE_SIZE, toMigrationError, type Frame, type MigrationError, type VmMigrationConfig } from "./protocol.js";
+import { MigrationAbortedError, PAGE_ENTRY_HEADER_BYTES, PAGE_SIZE, PAGES_HEADER_BYTES, toMigrationError, type Frame, type MigrationError, type VmMigrationConfig } from "./protocol.js";
 import type { LiveMigrationOptions, MigrationProgress, MigrationReport, RoundReport } from "./report.js";
 import { SenderStateMachine, type SenderEvent } from "./sender.js";
 import { Stunner } from "./stun.js";
@@ -44,15 +44,19 @@ export const LIVE_DEFAULTS = { downtimeTargetMs: 50, maxRounds: 30, sliceBytes: 
  * slice made no difference.
  */
 const ROUND0_SLICE_BYTES = 1024 * 1024;
+const ROUND0_SLICE_PAGES = ROUND0_SLICE_BYTES / PAGE_SIZE;
+/** A PAGES payload that holds a whole round-0 slice as RAW entries (one payload per slice). */
+const ROUND0_PAYLOAD_BYTES = PAGES_HEADER_BYTES + ROUND0_SLICE_PAGES * (PAGE_ENTRY_HEADER_BYTES + PAGE_SIZE);
 
 /**
  * Layout of the source's host area in the engine's wasm memory: the shadow of RAM, then
  * WasmDelta's output, then WasmPageEncoder's scratch (16-byte aligned).
  */
-function sourceHostArea(ramBytes: number): { shadowBytes: number; encoderScratchAt: number; bytes: number } {
+function sourceHostArea(ramBytes: number): { shadowBytes: number; encoderScratchAt: number; firstPassScratchAt: number; bytes: number } {
   const slicePages = LIVE_DEFAULTS.sliceBytes / PAGE_SIZE;
   const encoderScratchAt = (ramBytes + DELTA_OUT_BYTES + 16) & ~15;
-  return { shadowBytes: ramBytes, encoderScratchAt, bytes: encoderScratchAt + pageEncoderScratchBytes(slicePages, LIVE_DEFAULTS.batchBytes) };
+  const firstPassScratchAt = (encoderScratchAt + pageEncoderScratchBytes(slicePages, LIVE_DEFAULTS.batchBytes) + 15) & ~15;
+  return { shadowBytes: ramBytes, encoderScratchAt, firstPassScratchAt, bytes: firstPassScratchAt + firstPassScratchBytes(ROUND0_SLICE_PAGES, ROUND0_PAYLOAD_BYTES) };
 }
 
 /** Bytes of host area a live migration of a guest with `ramBytes` of RAM uses, out or in. */
@@ -227,12 +231,14 @@ export class LiveMigrationSource {
         area !== undefined && opts.lz4 !== true
           ? WasmPageEncoder.create(area.memory, area.offset + layout.encoderScratchAt, slicePages, LIVE_DEFAULTS.batchBytes, cacheDir).catch(() => undefined)
           : Promise.resolve(undefined);
+      const firstPassLoaded = area !== undefined && opts.lz4 !== true ? WasmFirstPass.create(area.memory, area.offset + layout.firstPassScratchAt, ROUND0_SLICE_PAGES, ROUND0_PAYLOAD_BYTES, cacheDir).catch(() => undefined) : Promise.resolve(undefined);
       const early = new DirtyTracker(localPages, PAGE_SIZE, area !== undefined ? { shadow: () => new Uint8Array(area.memory.buffer, area.offset, shadowBytes) } : { zeroed: false });
       const prefaulted = early.prefault({ sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: () => new Promise<void>((r) => setImmediate(r)) });
       await this.waitFor("prepared", replyTimeoutMs, "prepare the VM");
       await prefaulted;
       const fastDelta = await fastDeltaLoaded;
       const pageEncoder = await pageEncoderLoaded;
+      const firstPass = await firstPassLoaded;
 
       const pageCount = this.sm.pageCount;
       const ramBytes = pageCount * PAGE_SIZE;
@@ -252,10 +258,11 @@ export class LiveMigrationSource {
       let bytesTotal = 0;
       let linkStart = monotonicMs();
       let linkBytes = 0;
-      const emit = (payload: Buffer | undefined): void => {
+      /** Sends a PAGES payload; `recycle` gets it back once it has been written out. */
+      const emit = (payload: Buffer | undefined, recycle: (payload: Buffer) => void = (p) => writer.recycle(p)): void => {
         if (payload === undefined) return;
         linkBytes += payload.length;
-        conn.writeThen(() => writer.recycle(payload), ...this.sm.pagesParts(payload));
+        conn.writeThen(() => recycle(payload), ...this.sm.pagesParts(payload));
       };
       /** Time the guest ran between scan slices (it is not part of what a round costs). */
       let guestMs = 0;
@@ -282,9 +289,23 @@ export class LiveMigrationSource {
           if (writer.add(page, cur, prev)) emit(writer.take());
         };
         let pages = 0;
-        if (all) {
+        if (all && firstPass !== undefined && tracker === early) {
+          firstPassUsed = true;
+          // Round 0 in wasm: per slice, one ZERO_PAGES bitmap and one PAGES payload of RAW pages.
+          for (let first = 0; first < pageCount; first += ROUND0_SLICE_PAGES) {
+            if (first > 0 && !paused) await between();
+            const count = Math.min(ROUND0_SLICE_PAGES, pageCount - first);
+            tracker.markFirstPass(first, first + count);
+            const r = firstPass.slice(getRam(), tracker.shadowView, first, count, this.sm.currentRound, (payload) => emit(payload, (p) => firstPass.recycle(p)));
+            pages += r.data;
+            if (r.zeros > 0) {
+              conn.write(this.sm.zeroPages(first, count, r.bitmap));
+              pages += r.zeros;
+            }
+          }
+        } else if (all) {
           // Round 0: zero pages go as one ZERO_PAGES bitmap per slice, the rest as PAGES.
-          const slicePages = ROUND0_SLICE_BYTES / PAGE_SIZE;
+          const slicePages = ROUND0_SLICE_PAGES;
           const bitmap = new Uint8Array(Math.ceil(slicePages / 8));
           for (let first = 0; first < pageCount; first += slicePages) {
             if (first > 0 && !paused) await between();
@@ -342,6 +363,8 @@ export class LiveMigrationSource {
         return { pages, bytes, started: r0, ms: monotonicMs() - r0, guestBefore };
       };
 
+      /** Whether round 0 ran in wasm (WasmFirstPass). */
+      let firstPassUsed = false;
       // The page encoder needs every page's copy at the target: true once round 0 is done.
       let encoderReady = false;
       // Pre-copy.
@@ -476,6 +499,7 @@ export class LiveMigrationSource {
         stopReason,
         dirtyTracking: dirtyLog !== undefined ? "log" : "compare",
         deltaEncoder: encoderReady || writerUsesWasm ? "wasm" : "js",
+        firstPass: firstPassUsed ? "wasm" : "js",
         throttleMax: this.stunner.maxLevel,
         stunnedMs: roundMs(this.stunner.stunnedMs),
         ...(sourceSha !== undefined && resumed.ramSha256 !== undefined ? { ramSha256: { source: sourceSha, target: resumed.ramSha256 } } : {}),

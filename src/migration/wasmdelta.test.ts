@@ -4,9 +4,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { applyPages, deltaApply, deltaEncodeInto, encodePageInto, PageBatchWriter } from "./pages.js";
-import { decodePagesPayload, PAGE_SIZE } from "./protocol.js";
+import { DirtyTracker } from "./dirty.js";
+import { decodePagesPayload, PAGE_SIZE, PageEncoding } from "./protocol.js";
 import { randInt, seededRandom } from "./testing.js";
-import { DELTA_OUT_BYTES, pageEncoderScratchBytes, WasmDelta, WasmPageApplier, WasmPageEncoder } from "./wasmdelta.js";
+import { DELTA_OUT_BYTES, firstPassScratchBytes, pageEncoderScratchBytes, WasmDelta, WasmFirstPass, WasmPageApplier, WasmPageEncoder } from "./wasmdelta.js";
 
 /** Runs `fn` with a fresh directory (the wasm module's cache), removed afterwards. */
 async function inTempDir(prefix: string, fn: (dir: string) => Promise<void>): Promise<void> {
@@ -167,4 +168,66 @@ void test("the wasm page applier does what applyPages does (ZERO, RAW, DELTA), l
     const outside = Buffer.from(payload);
     outside.writeUInt32LE(pageCount, 8);
     assert.throws(() => applier.apply(ram, outside), (e: Error & { code?: string }) => e.code === "MIGRATION_PAGE_OUT_OF_RANGE");
+  }));
+
+void test("the wasm first pass finds the zero pages the JS first pass finds, sends every other page RAW in the same order, fills the shadow, and splits a slice that overflows its payload", () =>
+  inTempDir("hop-wasmfirst-", async (dir) => {
+    const pageCount = 96;
+    const bytes = pageCount * PAGE_SIZE;
+    const slicePages = 40;
+    for (const maxPayload of [8 + slicePages * (PAGE_SIZE + 9), 8 + 5 * (PAGE_SIZE + 9) + 7]) {
+      const memory = new WebAssembly.Memory({ initial: Math.ceil((2 * bytes + firstPassScratchBytes(slicePages, maxPayload)) / 65536) + 1 });
+      const pass = await WasmFirstPass.create(memory, 2 * bytes, slicePages, maxPayload, dir);
+      const ram = new Uint8Array(memory.buffer, 0, bytes);
+      const shadow = new Uint8Array(memory.buffer, bytes, bytes);
+      const rand = seededRandom(21);
+      // Zero pages, full pages, and pages with a single non-zero byte at either end.
+      for (let p = 0; p < pageCount; p++) {
+        const off = p * PAGE_SIZE;
+        if (p % 5 === 1) ram[off] = 1;
+        else if (p % 5 === 2) ram[off + PAGE_SIZE - 1] = 0x80;
+        else if (p % 5 === 3) for (let i = 0; i < PAGE_SIZE; i++) ram[off + i] = randInt(rand, 256);
+      }
+      // The JS path on a copy.
+      const js = new DirtyTracker(pageCount);
+      const jsZero: number[] = [];
+      const jsData: number[] = [];
+      js.firstPass(Uint8Array.from(ram), 0, pageCount, (p) => jsZero.push(p), (p) => jsData.push(p));
+
+      const tracker = new DirtyTracker(pageCount, PAGE_SIZE, { shadow: () => shadow });
+      await tracker.prefault();
+      const target = new Uint8Array(bytes).fill(0x55);
+      const zero: number[] = [];
+      const data: number[] = [];
+      let payloads = 0;
+      for (let first = 0; first < pageCount; first += slicePages) {
+        const count = Math.min(slicePages, pageCount - first);
+        tracker.markFirstPass(first, first + count);
+        const r = pass.slice(ram, shadow, first, count, 0, (payload) => {
+          payloads++;
+          assert.ok(payload.length <= maxPayload, "a payload keeps to its limit");
+          const decoded = decodePagesPayload(payload);
+          assert.equal(decoded.round, 0);
+          for (const e of decoded.pages) {
+            assert.equal(e.encoding, PageEncoding.Raw, `page ${e.index} goes RAW`);
+            data.push(e.index);
+          }
+          applyPages(target, decoded.pages);
+          pass.recycle(payload);
+        });
+        for (let i = 0; i < count; i++) if ((r.bitmap[i >> 3]! >> (i & 7)) & 1) zero.push(first + i);
+        assert.equal(r.zeros, zero.filter((p) => p >= first && p < first + count).length);
+        assert.equal(r.data + r.zeros, count);
+      }
+      for (const p of zero) target.fill(0, p * PAGE_SIZE, (p + 1) * PAGE_SIZE);
+      assert.deepEqual(zero, jsZero, "the same zero pages");
+      assert.deepEqual(data, jsData, "the same data pages, in order");
+      assert.deepEqual(target, Uint8Array.from(ram), "the target's copy equals RAM");
+      assert.deepEqual(Uint8Array.from(shadow), Uint8Array.from(ram), "the shadow holds every page");
+      assert.equal(tracker.knownPages(), pageCount);
+      if (maxPayload < 8 + slicePages * (PAGE_SIZE + 9)) assert.ok(payloads > Math.ceil(pageCount / slicePages), `a slice overflowing its payload is split (${payloads} payloads)`);
+      else assert.equal(payloads, Math.ceil(pageCount / slicePages), "one payload per slice");
+      assert.throws(() => tracker.markFirstPass(0, 1), RangeError, "a page goes through the first pass once");
+      assert.throws(() => pass.slice(ram, shadow, pageCount - 1, 2, 0, () => undefined), RangeError, "a slice past RAM is refused");
+    }
   }));
