@@ -153,3 +153,48 @@ void test("the dirty log reports every page the guest wrote (CPU writes across c
     await e.destroy();
   }
 });
+
+void test("device memory travels beside the state: a state saved without it is ~1 MiB smaller, restoring it leaves the regions as they are, and a full state still carries them", async () => {
+  const template = await template128();
+  const a = await Engine.create(template.opts);
+  const b = await Engine.create(template.opts);
+  try {
+    await a.restoreState(template.state);
+    await a.run();
+    await sleep(500);
+    await a.pause();
+    const dmA = a.deviceMemory;
+    const dmB = b.deviceMemory;
+    assert.ok(dmA !== undefined && dmB !== undefined, "v86's VGA device is as expected");
+    const regions = dmA.regions();
+    assert.equal(regions.length, 3);
+    const regionBytes = regions.reduce((n, r) => n + r.length, 0);
+    assert.ok(regions.some((r) => r.some((x) => x !== 0)), "the guest's VGA memory holds something (the BIOS wrote to it)");
+    const full = await a.saveStateWithoutRam();
+    const lean = await dmA.saveStateWithoutMemory();
+    assert.ok(full.byteLength - lean.byteLength >= regionBytes - 4096, `the lean state is ${full.byteLength - lean.byteLength} bytes smaller (regions: ${regionBytes})`);
+    assert.equal(a.deviceMemory?.regions()[0]!.length, regions[0]!.length, "saving without device memory left the device as it was");
+
+    // The target: RAM and regions copied over, then the lean state: the regions stay.
+    b.ram().set(a.ram());
+    dmB.regions().forEach((r, i) => r.set(regions[i]!));
+    dmB.regions()[0]![5]! ^= 0xff;
+    const marked = dmB.regions()[0]![5];
+    await b.restoreStateKeepingRam(lean);
+    assert.equal(dmB.regions()[0]![5], marked, "restoring the lean state did not touch device memory");
+    dmB.regions()[0]![5]! ^= 0xff;
+    dmB.regions().forEach((r, i) => assert.equal(Buffer.compare(r, regions[i]!), 0, `region ${i} equals the source's`));
+    // A full state brings the regions back (the slots left out are the ones that hold them).
+    dmB.regions().forEach((r) => r.fill(0x5a));
+    await b.restoreStateKeepingRam(full);
+    dmB.regions().forEach((r, i) => assert.equal(Buffer.compare(r, regions[i]!), 0, `region ${i} restored from the full state`));
+    // The guest runs on after the lean restore.
+    await b.restoreStateKeepingRam(lean);
+    const agent = GuestAgentClient.on(b);
+    await b.run();
+    assert.equal((await agent.exec("echo ok", 10_000)).stdout.trim(), "ok");
+  } finally {
+    await a.destroy();
+    await b.destroy();
+  }
+});

@@ -30,11 +30,19 @@ export interface V86Cpu {
   set_tsc: (low: number, high: number) => void;
   /** v86's JIT settings; index 0 is "JIT disabled": no new code is compiled (compiled code still runs). */
   set_jit_config: (index: number, value: number) => void;
-  devices: { virtio_net?: { mac: Uint8Array }; ne2k?: { mac: Uint8Array } };
+  devices: { virtio_net?: { mac: Uint8Array }; ne2k?: { mac: Uint8Array }; vga?: V86Vga };
   /** Called by v86's wasm for every block of guest code its JIT has compiled (it builds the wasm module). */
   codegen_finalize: (...args: unknown[]) => unknown;
   /** v86's wasm instance: its exports include the Rust allocator (v86_malloc, v86_free). */
   wm: { exports: Record<string, unknown> };
+}
+
+/** v86's VGA device, as far as its memory goes. */
+export interface V86Vga {
+  vga_memory: Uint8Array;
+  svga_memory: Uint8Array;
+  pixel_buffer: Uint8Array;
+  get_state: () => unknown[];
 }
 
 export interface V86Emulator {
@@ -77,6 +85,60 @@ export async function withoutRam<T>(cpu: V86Cpu, fn: () => Promise<T>): Promise<
   } finally {
     if (own) cpu.is_memory_zeroed = original;
     else delete (cpu as Partial<V86Cpu>).is_memory_zeroed;
+  }
+}
+
+/** Where the VGA device's buffers sit in its get_state() array (v86's vga.js): planes, SVGA memory, pixel buffer. */
+const VGA_STATE_SLOTS = [6, 39, 61] as const;
+
+/**
+ * The VGA device's memory, ~1 MiB with 256 KiB of SVGA memory: its four planes (vga_memory),
+ * its SVGA memory (in the wasm memory) and its pixel buffer, as fresh views, in that order.
+ * Undefined when the device or its state does not look as expected (v86's set_state takes an
+ * empty array in these slots as "leave it": see withoutVgaMemory).
+ */
+export function vgaRegions(cpu: V86Cpu): Uint8Array[] | undefined {
+  const vga = cpu.devices.vga;
+  if (vga === undefined || typeof vga.get_state !== "function") return undefined;
+  const fields = [vga.vga_memory, vga.svga_memory, vga.pixel_buffer];
+  const state = vga.get_state();
+  if (!VGA_STATE_SLOTS.every((slot, i) => state[slot] === fields[i])) return undefined;
+  const views = fields.map(bytesOf);
+  return views.every((v): v is Uint8Array => v !== undefined && v.length > 0) ? views : undefined;
+}
+
+/**
+ * A plain byte view of one of v86's buffers. The SVGA memory is a Proxy that makes a new typed
+ * array on the wasm memory's current buffer at every property access (so that it survives a
+ * grow): not a view itself, but its buffer, offset and length are those of one.
+ */
+function bytesOf(a: unknown): Uint8Array | undefined {
+  if (ArrayBuffer.isView(a)) return a instanceof Uint8Array ? a : new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const p = a as { buffer?: unknown; byteOffset?: unknown; length?: unknown; BYTES_PER_ELEMENT?: unknown } | undefined;
+  if (p === undefined || p === null || !(p.buffer instanceof ArrayBuffer) || typeof p.byteOffset !== "number" || typeof p.length !== "number" || p.BYTES_PER_ELEMENT !== 1) return undefined;
+  return new Uint8Array(p.buffer, p.byteOffset, p.length);
+}
+
+/**
+ * Run `fn` (a save_state call) with the VGA device's memory left out of its state (empty arrays
+ * in its slots): a restore of that state leaves the target's VGA memory as it is, so the memory
+ * can travel separately (DEVICE_MEMORY) and ~1 MiB less goes in the pause.
+ */
+export async function withoutVgaMemory<T>(cpu: V86Cpu, fn: () => Promise<T>): Promise<T> {
+  const vga = cpu.devices.vga;
+  if (vga === undefined) throw new Error("the engine has no VGA device");
+  const own = Object.prototype.hasOwnProperty.call(vga, "get_state");
+  const original = vga.get_state;
+  vga.get_state = function (this: V86Vga): unknown[] {
+    const state = original.call(this);
+    for (const slot of VGA_STATE_SLOTS) state[slot] = new Uint8Array(0);
+    return state;
+  };
+  try {
+    return await fn();
+  } finally {
+    if (own) vga.get_state = original;
+    else delete (vga as Partial<V86Vga>).get_state;
   }
 }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { BLOCK_BYTES, DirtyTracker } from "./dirty.js";
+import { BLOCK_BYTES, changedChunks, DirtyTracker } from "./dirty.js";
 import { PAGE_SIZE } from "./protocol.js";
 import { randInt, randomFill, seededRandom } from "./testing.js";
 
@@ -180,4 +180,20 @@ void test("an unzeroed shadow must be prefaulted (zeroed) before use", async () 
   await t.prefault({ sliceBytes: 16 * PAGE_SIZE, yieldFn: () => Promise.resolve() });
   assert.ok(Buffer.from(t.shadowView).equals(Buffer.alloc(pageCount * PAGE_SIZE)), "prefault zeroed the shadow");
   assert.deepEqual(t.scanSlice(ram, 0, pageCount), []);
+});
+
+void test("changedChunks: runs of changed chunks, adjacent ones merged, a shorter last chunk included", () => {
+  const prev = new Uint8Array(10_000);
+  const cur = Uint8Array.from(prev);
+  assert.deepEqual(changedChunks(cur, prev, 4096), []);
+  cur[0] = 1;
+  cur[4096] = 1;
+  assert.deepEqual(changedChunks(cur, prev, 4096), [[0, 8192]], "two adjacent chunks as one run");
+  cur[4096] = 0;
+  cur[9999] = 7;
+  assert.deepEqual(changedChunks(cur, prev, 4096), [
+    [0, 4096],
+    [8192, 10_000],
+  ]);
+  assert.throws(() => changedChunks(cur, new Uint8Array(4096), 4096), RangeError);
 });

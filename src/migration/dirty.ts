@@ -49,6 +49,25 @@ function asBuffer(a: Uint8Array): Buffer {
   return Buffer.isBuffer(a) ? a : Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 }
 
+/**
+ * The runs of `chunk`-byte chunks in which `cur` differs from `prev` (same length), as
+ * [from, to) byte ranges, adjacent chunks merged; the last chunk may be shorter.
+ */
+export function changedChunks(cur: Uint8Array, prev: Uint8Array, chunk: number): [number, number][] {
+  if (cur.length !== prev.length) throw new RangeError(`${cur.length} bytes compared with ${prev.length}`);
+  const a = asBuffer(cur);
+  const b = asBuffer(prev);
+  const runs: [number, number][] = [];
+  for (let off = 0; off < a.length; off += chunk) {
+    const end = Math.min(off + chunk, a.length);
+    if (a.compare(b, off, end, off, end) === 0) continue;
+    const last = runs[runs.length - 1];
+    if (last !== undefined && last[1] === off) last[1] = end;
+    else runs.push([off, end]);
+  }
+  return runs;
+}
+
 export class DirtyTracker {
   readonly pageCount: number;
   readonly pageSize: number;

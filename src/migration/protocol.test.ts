@@ -56,7 +56,7 @@ void test("CRC-32: the JS table matches zlib and the standard check value", () =
 
 void test("every command round-trips through encode, a byte-at-a-time decoder, and decode", () => {
   const messages = sampleMessages();
-  assert.equal(new Set(messages.map((m) => m.cmd)).size, 15, "one sample per command 1..15");
+  assert.equal(new Set(messages.map((m) => m.cmd)).size, 16, "one sample per command 1..16");
   for (const m of messages) {
     const wire = encodeMessage(m);
     assert.equal(wire[0], 0x48);
@@ -139,10 +139,10 @@ void test("oversized, truncated, unknown-command and flagged frames are refused"
     codeOf(() => t.finish()),
     "MIGRATION_CORRUPT_FRAME",
   );
-  // Valid CRC but command 0, 16 (one past the last) or flags set.
+  // Valid CRC but command 0, 17 (one past the last) or flags set.
   for (const [cmd, flags] of [
     [0, 0],
-    [16, 0],
+    [17, 0],
     [200, 0],
     [Command.Ping, 1],
   ] as const) {
@@ -180,6 +180,11 @@ void test("payloads are validated per command", () => {
   );
   assert.equal(
     codeOf(() => decodeMessage(frame(Command.State, Buffer.from([9, 9, 9, 9])))),
+    "MIGRATION_CORRUPT_FRAME",
+  );
+  // DEVICE_MEMORY: a header and at least one byte.
+  assert.equal(
+    codeOf(() => decodeMessage(frame(Command.DeviceMemory, Buffer.alloc(12)))),
     "MIGRATION_CORRUPT_FRAME",
   );
   // The version is checked before anything else in HELLO and HELLO_ACK.

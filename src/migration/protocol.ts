@@ -19,7 +19,7 @@ import * as zlib from "node:zlib";
 import { z } from "zod";
 import { HopError } from "../common/errors.js";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const FRAME_MAGIC = 0x4850;
 export const FRAME_HEADER_BYTES = 12;
 export const MAX_PAYLOAD_BYTES = 64 * 1024 * 1024;
@@ -30,6 +30,10 @@ export const PAGE_SIZE = 4096;
 export const PAGES_HEADER_BYTES = 8;
 /** Header of one page entry: page index u32 | encoding u8 | data length u32. */
 export const PAGE_ENTRY_HEADER_BYTES = 9;
+/** Header of a DEVICE_MEMORY payload: round u32 | region u32 | offset u32. */
+export const DEVICE_MEMORY_HEADER_BYTES = 12;
+/** Device memory travels in whole chunks of this size (the last one of a region may be shorter). */
+export const DEVICE_CHUNK_BYTES = 4096;
 
 /** Numbered commands. The numbers are the wire format: never renumber, only append. */
 export const Command = {
@@ -49,9 +53,10 @@ export const Command = {
   Ping: 13,
   Pong: 14,
   ZeroPages: 15,
+  DeviceMemory: 16,
 } as const;
 export type Command = (typeof Command)[keyof typeof Command];
-const MAX_COMMAND = 15;
+const MAX_COMMAND = 16;
 
 const COMMAND_NAMES: readonly string[] = [
   "INVALID",
@@ -70,6 +75,7 @@ const COMMAND_NAMES: readonly string[] = [
   "PING",
   "PONG",
   "ZERO_PAGES",
+  "DEVICE_MEMORY",
 ];
 
 export function commandName(command: number): string {
@@ -460,6 +466,11 @@ export interface VmMigrationConfig {
   /** The generation the target will run the VM under (granted by the manager). */
   generation: number;
   pageSize: number;
+  /**
+   * Sizes of the device-memory regions (the engine's VGA buffers) that travel beside RAM as
+   * DEVICE_MEMORY, in order; STATE then leaves their contents out. Absent: STATE carries them.
+   */
+  deviceMemory?: number[] | undefined;
 }
 
 export interface PageEntry {
@@ -515,6 +526,8 @@ export type PingMessage = { cmd: typeof Command.Ping; seq: number };
 /** Pages that are all zero, as a bitmap over [firstPage, firstPage + count): bit i (LSB first) set = page firstPage + i is zero. */
 export type ZeroPagesMessage = { cmd: typeof Command.ZeroPages; round: number; firstPage: number; count: number; bitmap: Buffer };
 export type PongMessage = { cmd: typeof Command.Pong; seq: number };
+/** Bytes [offset, offset + data.length) of device-memory region `region` (see VmMigrationConfig.deviceMemory). */
+export type DeviceMemoryMessage = { cmd: typeof Command.DeviceMemory; round: number; region: number; offset: number; data: Buffer };
 
 export type Message =
   | HelloMessage
@@ -531,7 +544,8 @@ export type Message =
   | ErrorMessage
   | PingMessage
   | PongMessage
-  | ZeroPagesMessage;
+  | ZeroPagesMessage
+  | DeviceMemoryMessage;
 
 const u32 = z.number().int().min(0).max(0xffffffff);
 const hex32 = z.string().regex(/^[0-9a-f]{64}$/, "must be 32 bytes of lower-case hex");
@@ -554,6 +568,16 @@ export const vmMigrationConfigSchema = z.object({
   disk: z.boolean(),
   generation: z.number().int().min(0),
   pageSize: z.number().int().min(1),
+  deviceMemory: z
+    .array(
+      z
+        .number()
+        .int()
+        .min(1)
+        .max(MAX_PAYLOAD_BYTES - DEVICE_MEMORY_HEADER_BYTES),
+    )
+    .max(16)
+    .optional(),
 });
 
 const helloSchema = z.object({
@@ -687,6 +711,21 @@ function decodeZeroPagesPayload(p: Buffer): { round: number; firstPage: number; 
   return { round: p.readUInt32LE(0), firstPage: p.readUInt32LE(4), count, bitmap: p.subarray(12) };
 }
 
+/** DEVICE_MEMORY payload: u32 round | u32 region | u32 offset | the bytes. */
+export function encodeDeviceMemoryPayload(round: number, region: number, offset: number, data: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(DEVICE_MEMORY_HEADER_BYTES + data.length);
+  out.writeUInt32LE(round, 0);
+  out.writeUInt32LE(region, 4);
+  out.writeUInt32LE(offset, 8);
+  out.set(data, DEVICE_MEMORY_HEADER_BYTES);
+  return out;
+}
+
+function decodeDeviceMemoryPayload(p: Buffer): { round: number; region: number; offset: number; data: Buffer } {
+  if (p.length <= DEVICE_MEMORY_HEADER_BYTES) throw corrupt(`DEVICE_MEMORY payload of ${p.length} bytes carries no data`);
+  return { round: p.readUInt32LE(0), region: p.readUInt32LE(4), offset: p.readUInt32LE(8), data: p.subarray(DEVICE_MEMORY_HEADER_BYTES) };
+}
+
 /** Number of set bits among the first `count` bits of `bitmap` (LSB first). */
 export function bitmapPopcount(bitmap: Uint8Array, count: number): number {
   let n = 0;
@@ -720,6 +759,8 @@ export function encodeMessage(m: Message): Buffer {
       return encodeFrame(m.cmd, encodePagesPayload(m.round, m.pages));
     case Command.ZeroPages:
       return encodeFrame(m.cmd, encodeZeroPagesPayload(m.round, m.firstPage, m.count, m.bitmap));
+    case Command.DeviceMemory:
+      return encodeFrame(m.cmd, encodeDeviceMemoryPayload(m.round, m.region, m.offset, m.data));
     case Command.MemoryRoundEnd:
       return encodeFrame(m.cmd, json({ round: m.round, pages: m.pages, bytes: m.bytes }));
     case Command.State:
@@ -763,6 +804,8 @@ export function decodeMessage(frame: Frame): Message {
       return { cmd: Command.Pages, ...decodePagesPayload(frame.payload) };
     case Command.ZeroPages:
       return { cmd: Command.ZeroPages, ...decodeZeroPagesPayload(frame.payload) };
+    case Command.DeviceMemory:
+      return { cmd: Command.DeviceMemory, ...decodeDeviceMemoryPayload(frame.payload) };
     case Command.MemoryRoundEnd:
       return { cmd: Command.MemoryRoundEnd, ...parseWith(roundEndSchema, parseJson(frame), frame) };
     case Command.State: {

@@ -22,6 +22,7 @@ import {
   Command,
   commandName,
   decodeMessage,
+  DEVICE_CHUNK_BYTES,
   encodeMessage,
   errorFrame,
   MigrationAbortedError,
@@ -60,10 +61,10 @@ export const RECEIVER_ACCEPTS: Readonly<Record<ReceiverStateName, readonly Comma
   AwaitConfig: [Command.Config],
   Preparing: [],
   Prepared: [Command.MemoryRoundBegin],
-  InRound: [Command.Pages, Command.ZeroPages, Command.MemoryRoundEnd],
+  InRound: [Command.Pages, Command.ZeroPages, Command.DeviceMemory, Command.MemoryRoundEnd],
   BetweenRounds: [Command.MemoryRoundBegin, Command.State],
   StateReceived: [Command.MemoryRoundBegin],
-  FinalRound: [Command.Pages, Command.ZeroPages, Command.MemoryRoundEnd],
+  FinalRound: [Command.Pages, Command.ZeroPages, Command.DeviceMemory, Command.MemoryRoundEnd],
   FinalRoundDone: [Command.Complete],
   Resuming: [],
   Resumed: [],
@@ -100,6 +101,8 @@ export type ReceiverAction =
   | { kind: "writePages"; round: number; pages: PageEntry[]; payload: Buffer }
   /** Pages that are zero (bitmap over [firstPage, firstPage + count), bit set = zero). */
   | { kind: "zeroPages"; round: number; firstPage: number; count: number; bitmap: Buffer }
+  /** Bytes of a device-memory region (VmMigrationConfig.deviceMemory); `data` is a view into the frame payload. */
+  | { kind: "writeDeviceMemory"; round: number; region: number; offset: number; data: Buffer }
   | { kind: "roundComplete"; round: number; pages: number; bytes: number }
   | { kind: "restoreState"; state: Buffer; guestClockMs: number; pausedAtMs: number; engineClockMs?: number | undefined }
   | { kind: "resume" }
@@ -138,6 +141,9 @@ export class ReceiverStateMachine {
   private pageCount = 0;
   private received = new Uint8Array(0);
   private receivedCount = 0;
+  /** Per device-memory region, 1 for each 4 KiB chunk received at least once. */
+  private deviceChunks: Uint8Array[] = [];
+  private deviceChunksMissing = 0;
   private nextRound = 0;
   private round = -1;
   private roundPages = 0;
@@ -220,6 +226,8 @@ export class ReceiverStateMachine {
           this.cfg = m.config;
           this.pageCount = (m.config.memoryMiB * 1024 * 1024) / m.config.pageSize;
           this.received = new Uint8Array(this.pageCount);
+          this.deviceChunks = (m.config.deviceMemory ?? []).map((size) => new Uint8Array(Math.ceil(size / DEVICE_CHUNK_BYTES)));
+          this.deviceChunksMissing = this.deviceChunks.reduce((n, c) => n + c.length, 0);
           this.st = "Preparing";
           return { replies: [], actions: [{ kind: "prepare", config: m.config, pageCount: this.pageCount }] };
         }
@@ -275,6 +283,27 @@ export class ReceiverStateMachine {
           this.stats.bytes += frame.payload.length;
           return { replies: [], actions: [{ kind: "zeroPages", round: m.round, firstPage: m.firstPage, count: m.count, bitmap: m.bitmap }] };
         }
+        case Command.DeviceMemory: {
+          if (m.round !== this.round) throw new MigrationProtocolError("MIGRATION_ROUND_MISMATCH", `DEVICE_MEMORY for round ${m.round} during round ${this.round}`);
+          const sizes = this.cfg?.deviceMemory ?? [];
+          const size = sizes[m.region];
+          if (size === undefined) throw new MigrationProtocolError("MIGRATION_PAGE_OUT_OF_RANGE", `DEVICE_MEMORY for region ${m.region}; the VM's config has ${sizes.length} regions`);
+          const end = m.offset + m.data.length;
+          // Whole 4 KiB chunks (the last one of a region may be shorter), inside the region.
+          if (m.offset % DEVICE_CHUNK_BYTES !== 0 || end > size || (m.data.length % DEVICE_CHUNK_BYTES !== 0 && end !== size)) {
+            throw new MigrationProtocolError("MIGRATION_PAGE_OUT_OF_RANGE", `DEVICE_MEMORY [${m.offset}, ${end}) is not whole 4 KiB chunks of region ${m.region} (${size} bytes)`);
+          }
+          const chunks = this.deviceChunks[m.region]!;
+          for (let c = m.offset / DEVICE_CHUNK_BYTES; c < Math.ceil(end / DEVICE_CHUNK_BYTES); c++) {
+            if (chunks[c] === 0) {
+              chunks[c] = 1;
+              this.deviceChunksMissing--;
+            }
+          }
+          this.roundBytes += frame.payload.length;
+          this.stats.bytes += frame.payload.length;
+          return { replies: [], actions: [{ kind: "writeDeviceMemory", round: m.round, region: m.region, offset: m.offset, data: m.data }] };
+        }
         case Command.MemoryRoundEnd: {
           if (m.round !== this.round || m.pages !== this.roundPages || m.bytes !== this.roundBytes) {
             throw new MigrationProtocolError(
@@ -289,6 +318,9 @@ export class ReceiverStateMachine {
         case Command.State: {
           if (this.receivedCount !== this.pageCount) {
             throw new MigrationProtocolError("MIGRATION_MEMORY_INCOMPLETE", `STATE arrived with ${this.pageCount - this.receivedCount} of ${this.pageCount} pages never sent`);
+          }
+          if (this.deviceChunksMissing > 0) {
+            throw new MigrationProtocolError("MIGRATION_MEMORY_INCOMPLETE", `STATE arrived with ${this.deviceChunksMissing} 4 KiB chunks of device memory never sent`);
           }
           this.st = "StateReceived";
           return { replies: [], actions: [{ kind: "restoreState", state: m.state, guestClockMs: m.guestClockMs, pausedAtMs: m.pausedAtMs, engineClockMs: m.engineClockMs }] };

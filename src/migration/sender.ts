@@ -27,6 +27,7 @@ import {
   decodeMessage,
   bitmapPopcount,
   encodeFrame,
+  encodeDeviceMemoryPayload,
   encodeZeroPagesPayload,
   frameHeader,
   encodeMessage,
@@ -271,6 +272,17 @@ export class SenderStateMachine {
     this.stats.pagesSent += n;
     this.stats.bytesSent += payload.length;
     return encodeFrame(Command.ZeroPages, payload);
+  }
+
+  /** A DEVICE_MEMORY frame: bytes [offset, offset + data.length) of device-memory region `region` (see VmMigrationConfig.deviceMemory). */
+  deviceMemory(region: number, offset: number, data: Uint8Array): Buffer {
+    this.require("send DEVICE_MEMORY", ...IN_ROUND);
+    const size = this.config.deviceMemory?.[region];
+    if (size === undefined || offset + data.length > size) throw new MigrationStateError(`DEVICE_MEMORY [${offset}, ${offset + data.length}) of region ${region} is outside the regions in the config`);
+    const payload = encodeDeviceMemoryPayload(this.round, region, offset, data);
+    this.roundBytes += payload.length;
+    this.stats.bytesSent += payload.length;
+    return encodeFrame(Command.DeviceMemory, payload);
   }
 
   endRound(): Buffer {

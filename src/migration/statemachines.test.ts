@@ -20,7 +20,7 @@ import { RECEIVER_ACCEPTS, ReceiverStateMachine, type ReceiverStateName, type Re
 import { SENDER_ACCEPTS, SenderStateMachine, type SenderStateName } from "./sender.js";
 import { framesOf, sampleFrame, TEST_ENGINE, TEST_TOKEN, testConfig } from "./testing.js";
 
-const ALL_COMMANDS = Array.from({ length: 15 }, (_, i) => (i + 1) as Command);
+const ALL_COMMANDS = Array.from({ length: 16 }, (_, i) => (i + 1) as Command);
 
 function one(buf: Buffer): Frame {
   const [f] = framesOf([buf]);
@@ -421,6 +421,71 @@ void test("pages and rounds: out-of-range pages, deltas without a base, wrong co
     assert.equal(s.error?.code, "MIGRATION_MEMORY_INCOMPLETE");
     assert.match(s.error.message, /1 of 256/);
   }
+});
+
+void test("device memory: sent whole in round 0 it lets STATE through; a region never sent whole, or chunks outside a region, are refused", () => {
+  const config = { ...testConfig(1), deviceMemory: [8192, 6000] };
+  /** A pair in InRound (round 0, every page sent as ZERO) for a VM with two device-memory regions. */
+  const inRound = (): { tx: SenderStateMachine; rx: ReceiverStateMachine } => {
+    const tx = new SenderStateMachine({ token: TEST_TOKEN, engineVersion: TEST_ENGINE, migrationId: "mig-1", config });
+    const rx = new ReceiverStateMachine({ token: TEST_TOKEN, engineVersion: TEST_ENGINE });
+    const ack = rx.handle(one(tx.hello())).replies[0]!;
+    const prep = rx.handle(one(tx.handle(one(ack)).send[0]!));
+    assert.deepEqual(prep.actions[0]?.kind === "prepare" ? prep.actions[0].config.deviceMemory : undefined, [8192, 6000], "the target learns the regions from CONFIG");
+    replyToSender(tx, rx, rx.prepared());
+    rx.handle(one(tx.beginRound()));
+    const w = new PageBatchWriter();
+    w.begin(0);
+    for (let p = 0; p < tx.pageCount; p++) w.add(p, new Uint8Array(PAGE_SIZE));
+    assert.equal(rx.handle(one(tx.pages(w.take()!))).error, undefined);
+    return { tx, rx };
+  };
+  const state = (tx: SenderStateMachine): Frame => one(tx.sendState(Buffer.from("state"), 1, 2));
+  {
+    const { tx, rx } = inRound();
+    const s0 = rx.handle(one(tx.deviceMemory(0, 0, new Uint8Array(8192).fill(7))));
+    assert.equal(s0.error, undefined, s0.error?.message);
+    const a = s0.actions[0];
+    assert.ok(a?.kind === "writeDeviceMemory" && a.region === 0 && a.offset === 0 && a.data.length === 8192 && a.data[100] === 7);
+    // Region 1 in two parts: a whole chunk, then the shorter last one.
+    assert.equal(rx.handle(one(tx.deviceMemory(1, 4096, new Uint8Array(1904)))).error, undefined);
+    assert.equal(rx.handle(one(tx.deviceMemory(1, 0, new Uint8Array(4096)))).error, undefined);
+    assert.equal(rx.handle(one(tx.endRound())).error, undefined, "MEMORY_ROUND_END counts DEVICE_MEMORY bytes on both sides");
+    assert.equal(rx.handle(state(tx)).error, undefined);
+    assert.equal(rx.state, "StateReceived");
+  }
+  {
+    // Region 1's last chunk never sent.
+    const { tx, rx } = inRound();
+    rx.handle(one(tx.deviceMemory(0, 0, new Uint8Array(8192))));
+    rx.handle(one(tx.deviceMemory(1, 0, new Uint8Array(4096))));
+    rx.handle(one(tx.endRound()));
+    const s = rx.handle(state(tx));
+    assert.equal(s.error?.code, "MIGRATION_MEMORY_INCOMPLETE");
+    assert.match(s.error.message, /1 4 KiB chunks of device memory/);
+    assert.equal(rx.state, "Aborted");
+  }
+  const frame = (round: number, region: number, offset: number, bytes: number): Frame =>
+    one(encodeMessage({ cmd: Command.DeviceMemory, round, region, offset, data: Buffer.alloc(bytes) }));
+  for (const [what, f, code] of [
+    ["a region the config does not have", frame(0, 2, 0, 4096), "MIGRATION_PAGE_OUT_OF_RANGE"],
+    ["an offset inside a chunk", frame(0, 0, 100, 4096), "MIGRATION_PAGE_OUT_OF_RANGE"],
+    ["bytes past the region's end", frame(0, 1, 4096, 4096), "MIGRATION_PAGE_OUT_OF_RANGE"],
+    ["part of a chunk that is not the region's last", frame(0, 0, 0, 100), "MIGRATION_PAGE_OUT_OF_RANGE"],
+    ["another round", frame(1, 0, 0, 4096), "MIGRATION_ROUND_MISMATCH"],
+  ] as const) {
+    const { rx } = inRound();
+    const s = rx.handle(f);
+    assert.equal(s.error?.code, code, what);
+    assert.equal(rx.state, "Aborted", what);
+  }
+  {
+    // A VM whose config names no device memory takes none.
+    const { rx } = receiverIn("InRound");
+    assert.equal(rx.handle(frame(0, 0, 0, 4096)).error?.code, "MIGRATION_PAGE_OUT_OF_RANGE");
+  }
+  // The sender refuses what the config does not have.
+  assert.throws(() => inRound().tx.deviceMemory(0, 4096, new Uint8Array(8192)), MigrationError);
 });
 
 void test("after COMPLETE: the target never aborts a resumed VM; the source resolves uncertainty only from the target's answer", () => {

@@ -6,10 +6,10 @@
  * Until the peer has proven it holds the cluster token, frames are limited to control size.
  * A silent peer is dropped after `idleTimeoutMs` (before COMPLETE: the migration aborts).
  */
-import { createHash } from "node:crypto";
+import { memorySha256 } from "./digest.js";
 import type { Socket } from "node:net";
 import { applyPages, applyZeroPages } from "./pages.js";
-import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, PAGE_SIZE, PageEncoding, type Frame, type MigrationError } from "./protocol.js";
+import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, MigrationProtocolError, PAGE_SIZE, PageEncoding, type Frame, type MigrationError } from "./protocol.js";
 import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
 import { FrameConnection } from "./transport.js";
 import { WasmPageApplier } from "./wasmdelta.js";
@@ -175,6 +175,12 @@ export class LiveMigrationTarget {
       case "prepare": {
         const ram = this.vm.ram();
         if (ram.length !== a.pageCount * a.config.pageSize) throw new MigrationAbortedError("MIGRATION_ABORTED", `the prepared VM has ${ram.length} bytes of RAM, the source sends ${a.pageCount * a.config.pageSize}`);
+        // Device memory that travels beside RAM must fit this engine's, region by region.
+        const regions = this.vm.deviceMemory?.regions().map((r) => r.length) ?? [];
+        const sent = a.config.deviceMemory;
+        if (sent !== undefined && (sent.length !== regions.length || sent.some((n, i) => n !== regions[i]))) {
+          throw new MigrationProtocolError("MIGRATION_CONFIG_MISMATCH", `the source sends device memory regions of [${sent.join(", ")}] bytes; this engine has [${regions.join(", ")}]`);
+        }
         // Fault the RAM in now, before the first round: page faults while pages stream in
         // would halve the rate at which they can be applied.
         ram.fill(0);
@@ -199,6 +205,12 @@ export class LiveMigrationTarget {
         if (written !== undefined) for (const p of a.pages) if (p.encoding !== PageEncoding.Zero) written[p.index] = 1;
         return undefined;
       }
+      case "writeDeviceMemory": {
+        const region = this.vm.deviceMemory?.regions()[a.region];
+        if (region === undefined || a.offset + a.data.length > region.length) throw new MigrationProtocolError("MIGRATION_CONFIG_MISMATCH", `device memory region ${a.region} cannot take [${a.offset}, ${a.offset + a.data.length})`);
+        region.set(a.data, a.offset);
+        return undefined;
+      }
       case "zeroPages":
         applyZeroPages(this.vm.ram(), a.firstPage, a.count, a.bitmap, PAGE_SIZE, this.written);
         return undefined;
@@ -218,7 +230,7 @@ export class LiveMigrationTarget {
         return undefined;
       }
       case "resume": {
-        const ramSha256 = this.p.verifyRam === true ? createHash("sha256").update(this.vm.ram()).digest("hex") : undefined;
+        const ramSha256 = this.p.verifyRam === true ? memorySha256(this.vm) : undefined;
         const t0 = monotonicMs();
         await this.vm.run();
         const resumeMs = monotonicMs() - t0;

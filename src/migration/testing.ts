@@ -49,6 +49,7 @@ export function sampleMessages(): Message[] {
     { cmd: Command.Ping, seq: 3 },
     { cmd: Command.Pong, seq: 3 },
     { cmd: Command.ZeroPages, round: 0, firstPage: 8, count: 10, bitmap: Buffer.from([0b10110001, 0b10]) },
+    { cmd: Command.DeviceMemory, round: 0, region: 1, offset: 8192, data: Buffer.alloc(4096, 0x3c) },
   ];
 }
 

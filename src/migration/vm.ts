@@ -40,11 +40,25 @@ export interface DirtyPageLog {
   stop(): void;
 }
 
+/**
+ * Device memory that travels beside RAM (DEVICE_MEMORY: v86's VGA buffers, ~1 MiB): sent in
+ * full in round 0, then only the 4 KiB chunks that changed, so that the state saved in the pause
+ * leaves it out.
+ */
+export interface DeviceMemory {
+  /** The regions, in a fixed order (views: re-fetch them). */
+  regions(): Uint8Array[];
+  /** As saveStateWithoutRam, without the regions' contents: restoring it leaves the regions as they are. */
+  saveStateWithoutMemory(): Promise<ArrayBuffer>;
+}
+
 export interface Migratable extends Pausable, Snapshottable, Clocked {
   /** A raw view of guest RAM (re-fetch it: a view can be detached when wasm memory grows). */
   ram(): Uint8Array;
   /** Absent: dirty pages are found by comparing all of RAM against a shadow copy. */
   readonly dirtyLog?: DirtyPageLog | undefined;
+  /** Absent: the state saved in the pause carries all device memory. */
+  readonly deviceMemory?: DeviceMemory | undefined;
   /**
    * A region of `bytes` in the engine's wasm memory, outside guest RAM, for the migration's
    * shadow copy: pages there and in RAM can be delta-encoded in place (see WasmDelta). The
