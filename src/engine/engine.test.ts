@@ -117,6 +117,7 @@ void test("the dirty log reports every page the guest wrote (CPU writes across c
   try {
     const log = e.dirtyLog;
     assert.ok(log !== undefined, "the patched engine has a dirty log");
+    assert.equal(log.watchesBiosAlias, true, "writes through the BIOS alias are logged (the first 1 MiB is not reported wholesale)");
     await e.restoreState(template.state);
     const agent = GuestAgentClient.on(e);
     await e.run();

@@ -33,8 +33,11 @@ export interface Clocked {
 export interface DirtyPageLog {
   /** Starts logging with an empty log. */
   start(): void;
-  /** Pages written since start() or the last harvest, ascending (a superset); clears the log. */
-  harvest(): ArrayLike<number>;
+  /**
+   * Pages written since start() or the last harvest, ascending (a superset); clears the log.
+   * `rearm: false`: the last harvest (the guest stays paused), the log need not catch later writes.
+   */
+  harvest(rearm?: boolean): ArrayLike<number>;
   /** How many pages the next harvest would report at most. */
   count(): number;
   stop(): void;
