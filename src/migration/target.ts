@@ -236,6 +236,9 @@ export class LiveMigrationTarget {
         const resumeMs = monotonicMs() - t0;
         const resumedAtMs = Date.now();
         const step = this.sm.resumed(resumedAtMs, { restoreMs: roundMs(this.restoreMs), resumeMs: roundMs(resumeMs), ...(ramSha256 !== undefined ? { ramSha256 } : {}) });
+        // RESUMED ends the source's pause: it goes before anything else (the hooks below tell
+        // the host agent, which took 0.5-2.7 ms, measured).
+        this.conn?.write(...step.replies);
         this.clearIdle();
         this.settled = true;
         const stats = this.sm.stats;
@@ -250,7 +253,7 @@ export class LiveMigrationTarget {
           pages: stats.pages,
           bytes: stats.bytes,
         });
-        return step;
+        return { ...step, replies: [] };
       }
       case "abort":
         this.clearIdle();
