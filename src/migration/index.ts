@@ -6,6 +6,7 @@ export {
   MAX_PAYLOAD_BYTES,
   MAX_CONTROL_PAYLOAD_BYTES,
   PAGE_SIZE,
+  DEVICE_CHUNK_BYTES,
   Command,
   PageEncoding,
   commandName,
@@ -40,7 +41,7 @@ export {
 export { ReceiverStateMachine, RECEIVER_ACCEPTS, type ReceiverAction, type ReceiverExpect, type ReceiverOptions, type ReceiverStateName, type ReceiverStep } from "./receiver.js";
 export { SenderStateMachine, SENDER_ACCEPTS, type SenderEvent, type SenderOptions, type SenderStateName, type SenderStep } from "./sender.js";
 export { decideNextStep, nextThrottleStep, THROTTLE_STEPS, MAX_THROTTLE, POLICY_DEFAULTS, type PolicyDecision, type PolicyInput, type StopReason, type ThrottleReason } from "./policy.js";
-export { DirtyTracker, isZeroPage, yieldToEventLoop, BLOCK_BYTES, type DirtyCallback, type ScanOptions } from "./dirty.js";
+export { changedChunks, DirtyTracker, isZeroPage, yieldToEventLoop, BLOCK_BYTES, type DirtyCallback, type ScanOptions } from "./dirty.js";
 export { PageBatchWriter, applyZeroPages, encodePage, encodePageInto, applyPage, applyPages, deltaEncodeInto, deltaApply, type PageEncodeOptions, type BatchStats } from "./pages.js";
 export { lz4CompressBlock, lz4DecompressBlock, lz4CompressBound, Lz4FormatError } from "./lz4.js";
 export { FrameConnection } from "./transport.js";

@@ -17,8 +17,12 @@ import { ConsoleLines } from "./consolelines.js";
 import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
 import { monotonicMs, roundMs } from "../common/time.js";
 
-/** Nice value of a lone migration target's process until round 0 is applied (see start()). */
-const INCOMING_NICE = 5;
+/**
+ * Nice value of a lone migration target's process until round 0 is applied (see start()). At 5,
+ * the source's event loop still lost its core for 6-12 ms at a time while the target prepared
+ * (2 cores); at 19 it hardly does, and round 0 moves as fast (docs/design.md).
+ */
+const INCOMING_NICE = 19;
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
