@@ -61,6 +61,8 @@ export interface TargetHooks {
    * this before it goes on. A good moment for work that must not fall into the pause.
    */
   precopyRoundApplied?: (round: number) => void;
+  /** The paused VM is ready for round 0 (CONFIG_ACK goes out next). */
+  prepared?: () => void;
   /** The guest is paused on the source and its state is here: called before it is restored. */
   beforeRestore?: () => void;
 }
@@ -196,6 +198,7 @@ export class LiveMigrationTarget {
           this.slots = slots;
           this.conn?.setPayloadSink((n) => slots.take(n));
         }
+        this.hooks.prepared?.();
         return this.sm.prepared();
       }
       case "writePages": {

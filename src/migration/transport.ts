@@ -122,15 +122,6 @@ export class FrameConnection {
     return this.socket.writableLength < HIGH_WATER;
   }
 
-  /** Holds writes back until uncork(): what was written meanwhile goes out in one system call. */
-  cork(): void {
-    if (!this.socket.destroyed) this.socket.cork();
-  }
-
-  uncork(): void {
-    if (!this.socket.destroyed) this.socket.uncork();
-  }
-
   /** Writes and waits until the socket's buffer is below the high-water mark (or the connection ended). */
   async send(...bufs: Buffer[]): Promise<void> {
     if (this.write(...bufs)) return;

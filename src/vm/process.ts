@@ -18,11 +18,13 @@ import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmIn
 import { monotonicMs, roundMs } from "../common/time.js";
 
 /**
- * Nice value of a lone migration target's process until round 0 is applied (see start()). At 5,
- * the source's event loop still lost its core for 6-12 ms at a time while the target prepared
- * (2 cores); at 19 it hardly does, and round 0 moves as fast (docs/design.md).
+ * Nice values of a lone migration target's process (see start()): while it prepares (faults its
+ * RAM in), and then until round 0 is applied. At 5 while preparing, the source's event loop lost
+ * its core for 6-12 ms at a time (2 cores); at 19 it hardly does. At 19 during round 0, a busy
+ * guest's own threads starved the target: round 0 of a guest rewriting 32 MiB fell to ~180 MB/s.
  */
-const INCOMING_NICE = 19;
+const PREPARE_NICE = 19;
+const INCOMING_NICE = 5;
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
@@ -163,7 +165,11 @@ class VmProcess {
     // While it prepares and takes in round 0, the running guest being moved (the source, maybe
     // on this very host's CPUs) comes first: preparing, warming and round 0 run at a lower
     // priority, raised again once round 0 is applied (or, at the latest, before the restore).
-    const normalPriority = init.start.mode === "incoming" && init.start.yieldCpu === true ? lowerPriority(INCOMING_NICE) : undefined;
+    let restorePriority = init.start.mode === "incoming" && init.start.yieldCpu === true ? lowerPriority(PREPARE_NICE) : undefined;
+    const normalPriority = (): void => {
+      restorePriority?.();
+      restorePriority = undefined;
+    };
     // A guest that arrives by migration runs at full speed from its first millisecond.
     const warmState = await this.warm(init.start.mode === "incoming" || init.start.mode === "awaitState");
     const restore = init.start.mode !== "boot";
@@ -229,9 +235,15 @@ class VmProcess {
             (globalThis as { gc?: () => void }).gc?.();
             // The heavy part (preparing, round 0) is over: from here on the target must answer
             // at once (the switchover can come after any round).
-            normalPriority?.();
+            normalPriority();
           },
-          beforeRestore: () => normalPriority?.(),
+          prepared: () => {
+            // Prepared: round 0 comes, and the target must keep up with it.
+            if (restorePriority === undefined) return;
+            restorePriority();
+            restorePriority = lowerPriority(INCOMING_NICE);
+          },
+          beforeRestore: () => normalPriority(),
         },
       );
       this.incoming = { id: start.migrationId, target };
