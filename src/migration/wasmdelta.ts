@@ -422,7 +422,7 @@ type FirstPassFn = (ram: number, shadow: number, from: number, to: number, base:
 
 /** Scratch the first pass needs: results, a zero-page bitmap, one PAGES payload. */
 export function firstPassScratchBytes(maxSlicePages: number, maxPayloadBytes: number): number {
-  return 16 + (((maxSlicePages + 7) >> 3) + 15 & ~15) + maxPayloadBytes + 16;
+  return 16 + ((((maxSlicePages + 7) >> 3) + 15) & ~15) + maxPayloadBytes + 16;
 }
 
 /**
