@@ -148,7 +148,9 @@ void test("the dirty log reports every page the guest wrote (CPU writes across c
       if (paused) await e.run();
     }
     log.stop();
-    assert.ok(changed > 16 * 1000, `the guest changed pages (${changed})`);
+    // (How much the guest gets done in 16 x 60 ms depends on the machine: 14-30 thousand pages
+    // were seen. What matters is that each interval had writes to miss.)
+    assert.ok(changed > 16 * 200, `the guest changed pages (${changed})`);
     assert.ok(logged < changed * 2 + 16 * 512, `the log is close to what changed (${logged} logged, ${changed} changed)`);
   } finally {
     await e.destroy();
