@@ -20,6 +20,19 @@ async function template128(): Promise<{ state: ArrayBuffer; opts: EngineOptions 
   return { state: toArrayBuffer(template.payload), opts: { memoryMiB: 128, vgaMemoryKiB: template.header.vgaMemoryKiB, bios, vgabios, nic: "virtio", serialPorts: 2 } };
 }
 
+/** Runs `fn` with two engines made for the 128 MiB template (neither restored yet), destroyed afterwards. */
+async function withTwoEngines(fn: (a: Engine, b: Engine, template: { state: ArrayBuffer; opts: EngineOptions }) => Promise<void>): Promise<void> {
+  const template = await template128();
+  const a = await Engine.create(template.opts);
+  const b = await Engine.create(template.opts);
+  try {
+    await fn(a, b, template);
+  } finally {
+    await a.destroy();
+    await b.destroy();
+  }
+}
+
 async function guestSkewS(agent: GuestAgentClient): Promise<number> {
   const r = await agent.exec("date +%s", 10_000);
   return Number(r.stdout.trim()) - Date.now() / 1000;
@@ -46,11 +59,8 @@ void test("the JIT gate: a guest restored idle compiles nothing; a busy guest co
   }
 });
 
-void test("a guest restored in another engine after a pause keeps the wall-clock time (continueTsc counts the pause), and its JIT stays quiet while it idles", async () => {
-  const template = await template128();
-  const a = await Engine.create(template.opts);
-  const b = await Engine.create(template.opts);
-  try {
+void test("a guest restored in another engine after a pause keeps the wall-clock time (continueTsc counts the pause), and its JIT stays quiet while it idles", () =>
+  withTwoEngines(async (a, b, template) => {
     await a.restoreState(template.state);
     const agentA = GuestAgentClient.on(a);
     await a.run();
@@ -88,11 +98,7 @@ void test("a guest restored in another engine after a pause keeps the wall-clock
     const compiled = b.jitCompiles();
     await sleep(3_000);
     assert.equal(b.jitCompiles() - compiled, 0, `the restored guest compiled code while it idled (${compiled} modules before, while it ran the execs)`);
-  } finally {
-    await a.destroy();
-    await b.destroy();
-  }
-});
+  }));
 
 /** Pages whose 4 KiB differ between `ram` and `shadow`; `shadow` takes the new content. */
 function changedPages(ram: Uint8Array, shadow: Buffer): number[] {
@@ -157,11 +163,8 @@ void test("the dirty log reports every page the guest wrote (CPU writes across c
   }
 });
 
-void test("device memory travels beside the state: a state saved without it is ~1 MiB smaller, restoring it leaves the regions as they are, and a full state still carries them", async () => {
-  const template = await template128();
-  const a = await Engine.create(template.opts);
-  const b = await Engine.create(template.opts);
-  try {
+void test("device memory travels beside the state: a state saved without it is ~1 MiB smaller, restoring it leaves the regions as they are, and a full state still carries them", () =>
+  withTwoEngines(async (a, b, template) => {
     await a.restoreState(template.state);
     await a.run();
     await sleep(500);
@@ -196,8 +199,4 @@ void test("device memory travels beside the state: a state saved without it is ~
     const agent = GuestAgentClient.on(b);
     await b.run();
     assert.equal((await agent.exec("echo ok", 10_000)).stdout.trim(), "ok");
-  } finally {
-    await a.destroy();
-    await b.destroy();
-  }
-});
+  }));

@@ -88,16 +88,11 @@ export class Engine {
   private constructor(emu: V86Emulator, readonly options: EngineOptions, dirtyLog: DirtyLog | undefined) {
     this.emu = emu;
     this.memoryBytes = options.memoryMiB * 1024 * 1024;
-    this.jit = watchJitCompiles(cpuOf(emu));
-    this.dirtyLog = dirtyLog;
     const cpu = cpuOf(emu);
-    this.deviceMemory =
-      vgaRegions(cpu) !== undefined
-        ? {
-            regions: () => vgaRegions(cpu) ?? [],
-            saveStateWithoutMemory: () => withoutVgaMemory(cpu, () => this.saveStateWithoutRam()),
-          }
-        : undefined;
+    this.jit = watchJitCompiles(cpu);
+    this.dirtyLog = dirtyLog;
+    const regions = vgaRegions(cpu);
+    this.deviceMemory = regions !== undefined ? { regions, saveStateWithoutMemory: () => withoutVgaMemory(cpu, () => this.saveStateWithoutRam()) } : undefined;
   }
 
   /** Creates the emulator, loaded but not running. */

@@ -92,19 +92,20 @@ export async function withoutRam<T>(cpu: V86Cpu, fn: () => Promise<T>): Promise<
 const VGA_STATE_SLOTS = [6, 39, 61] as const;
 
 /**
- * The VGA device's memory, ~1 MiB with 256 KiB of SVGA memory: its four planes (vga_memory),
- * its SVGA memory (in the wasm memory) and its pixel buffer, as fresh views, in that order.
- * Undefined when the device or its state does not look as expected (v86's set_state takes an
- * empty array in these slots as "leave it": see withoutVgaMemory).
+ * The VGA device's memory, ~1 MiB with 256 KiB of SVGA memory: a function that returns its four
+ * planes (vga_memory), its SVGA memory (in the wasm memory) and its pixel buffer as fresh views,
+ * in that order. Undefined when the device or its state does not look as expected (checked here,
+ * once: v86's set_state takes an empty array in these slots as "leave it", see withoutVgaMemory).
  */
-export function vgaRegions(cpu: V86Cpu): Uint8Array[] | undefined {
+export function vgaRegions(cpu: V86Cpu): (() => Uint8Array[]) | undefined {
   const vga = cpu.devices.vga;
   if (vga === undefined || typeof vga.get_state !== "function") return undefined;
   const fields = [vga.vga_memory, vga.svga_memory, vga.pixel_buffer];
   const state = vga.get_state();
   if (!VGA_STATE_SLOTS.every((slot, i) => state[slot] === fields[i])) return undefined;
-  const views = fields.map(bytesOf);
-  return views.every((v): v is Uint8Array => v !== undefined && v.length > 0) ? views : undefined;
+  const views = (): (Uint8Array | undefined)[] => fields.map(bytesOf);
+  if (!views().every((v) => v !== undefined && v.length > 0)) return undefined;
+  return () => views() as Uint8Array[];
 }
 
 /**

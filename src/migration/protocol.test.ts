@@ -23,7 +23,7 @@ import {
   type Frame,
   type Message,
 } from "./protocol.js";
-import { randInt, sampleMessages, seededRandom } from "./testing.js";
+import { randInt, sampleMessages, seededRandom, sparseBytes } from "./testing.js";
 
 function codeOf(fn: () => unknown): string {
   try {
@@ -276,11 +276,7 @@ void test("errors carry stable codes and HTTP statuses", () => {
 
 void test("large payloads are assembled in the payload sink's place, whatever the chunking; corruption and truncation are still caught", () => {
   const rand = seededRandom(7);
-  const big = (n: number): Buffer => {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i += 97) b[i] = randInt(rand, 256);
-    return b;
-  };
+  const big = (n: number): Buffer => sparseBytes(rand, n, 97);
   const payloads = [big(PAYLOAD_SINK_MIN_BYTES), big(300_000), Buffer.from("small"), big(1 << 20), big(PAYLOAD_SINK_MIN_BYTES - 1)];
   const wire = Buffer.concat(payloads.map((p) => encodeFrame(Command.Pages, p)));
   const arena = new Uint8Array(4 << 20);
@@ -340,11 +336,7 @@ void test("large payloads are assembled in the payload sink's place, whatever th
 
 void test("a reader that reuses its buffer and reads into readPlace(): frames stay intact after the buffer is overwritten, and large payloads are read in place", () => {
   const rand = seededRandom(9);
-  const big = (n: number): Buffer => {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i < n; i += 89) b[i] = randInt(rand, 256);
-    return b;
-  };
+  const big = (n: number): Buffer => sparseBytes(rand, n, 89);
   const payloads = [Buffer.from("hello"), big(1 << 20), big(70_000), Buffer.from("x"), big(PAYLOAD_SINK_MIN_BYTES - 1), big(PAYLOAD_SINK_MIN_BYTES), Buffer.from("tail")];
   const wire = Buffer.concat(payloads.map((p) => encodeFrame(Command.Pages, p)));
   for (const readBytes of [7, 4096, 65536, 300_000]) {

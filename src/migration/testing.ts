@@ -12,6 +12,13 @@ export function randInt(rand: () => number, n: number): number {
   return Math.floor(rand() * n);
 }
 
+/** `n` bytes, zero but for a random byte every `step` (payloads big enough to matter, cheap to make). */
+export function sparseBytes(rand: () => number, n: number, step: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i += step) b[i] = randInt(rand, 256);
+  return b;
+}
+
 export const TEST_TOKEN = "test-cluster-token-0123456789";
 export const TEST_ENGINE = "v86 0.5.462";
 

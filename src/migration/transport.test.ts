@@ -3,7 +3,7 @@ import { once } from "node:events";
 import { createServer, connect, type Socket } from "node:net";
 import { test } from "node:test";
 import { Command, encodeFrame, PAYLOAD_SINK_MIN_BYTES, type Frame, type MigrationError } from "./protocol.js";
-import { randInt, seededRandom } from "./testing.js";
+import { seededRandom, sparseBytes } from "./testing.js";
 import { FrameConnection } from "./transport.js";
 
 /** Waits until `cond()` holds; fails after 10 s, saying what did not happen. */
@@ -33,11 +33,7 @@ void test("a connection that reads into a reused buffer and into payload places:
   const { client, accepted, close } = await socketPair();
   try {
     const rand = seededRandom(3);
-    const big = (n: number): Buffer => {
-      const b = Buffer.alloc(n);
-      for (let i = 0; i < n; i += 61) b[i] = randInt(rand, 256);
-      return b;
-    };
+    const big = (n: number): Buffer => sparseBytes(rand, n, 61);
     const payloads = [Buffer.from("head"), Buffer.from("early"), ...Array.from({ length: 12 }, (_, i) => (i % 3 === 2 ? Buffer.from(`small ${i}`) : big(i % 3 === 0 ? 1 << 20 : 200_000)))];
     const wire = payloads.map((p) => encodeFrame(Command.Pages, p));
     // Bytes the old socket has read already (as with a socket handed over by the host agent).
