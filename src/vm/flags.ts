@@ -3,8 +3,7 @@
  * work and the benchmarks see exactly what the host agent forks with.
  *
  * --expose-gc: a spare VM process collects the throw-away guest of its warm-up (src/vm/warmup.ts,
- * 128 MiB of wasm memory) before it takes a VM, and a migration target collects the page frames
- * of round 0 before the switchover, not in the middle of it.
+ * 128 MiB of wasm memory) before it takes a VM.
  *
  * --no-memory-reducer: V8's memory reducer runs major GCs in a process that looks idle, 8 s
  * after start and later, to shrink its heap. A VM process's heap is small (~16 MB) and steady,
@@ -17,9 +16,16 @@
  * so without this flag what the warm-up compiled was flushed before a migration needed it (the
  * final round's dirty-log harvest took ~2 ms in the pause instead of ~0.7).
  *
+ * --v8-pool-size=1: V8 compiles wasm (v86 JIT modules), optimises JS and sweeps on a pool of platform
+ * worker threads, by default one per core. On a 2-core host, the ~2 s in which the JIT gate
+ * (src/engine/internals.ts) turns compiling on after a move put 4 such threads beside the guest's own
+ * thread, which then waited 60-85 ms for a CPU: the longest heartbeat silences of a guest that had
+ * just arrived (80-136 ms) came from that. One worker keeps compiling off the guest's thread and
+ * leaves it a core.
+ *
  * HOPVISOR_VM_NODE_FLAGS (space-separated) adds flags for diagnosis, e.g. "--cpu-prof
  * --cpu-prof-dir=/tmp/prof" or "--trace-gc" (NODE_OPTIONS does not take --cpu-prof).
  */
 const extra = process.env["HOPVISOR_VM_NODE_FLAGS"]?.split(" ").filter((f) => f !== "") ?? [];
 
-export const VM_PROCESS_EXEC_ARGV: readonly string[] = ["--expose-gc", "--no-memory-reducer", "--no-flush-bytecode", ...extra];
+export const VM_PROCESS_EXEC_ARGV: readonly string[] = ["--expose-gc", "--no-memory-reducer", "--no-flush-bytecode", "--v8-pool-size=1", ...extra];
