@@ -9,7 +9,7 @@
 import { memorySha256 } from "./digest.js";
 import type { Socket } from "node:net";
 import { applyPages, applyZeroPages } from "./pages.js";
-import { MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, MigrationProtocolError, PAGE_SIZE, PageEncoding, type Frame, type MigrationError } from "./protocol.js";
+import { Command, MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, MigrationAbortedError, MigrationProtocolError, PAGE_SIZE, PageEncoding, type Frame, type MigrationError } from "./protocol.js";
 import { ReceiverStateMachine, type ReceiverAction, type ReceiverExpect, type ReceiverStep } from "./receiver.js";
 import { FrameConnection } from "./transport.js";
 import { WasmPageApplier } from "./wasmdelta.js";
@@ -57,8 +57,9 @@ export interface TargetHooks {
   /** The migration ended without the VM running here: discard the VM, it must never run. */
   onAborted: (error: MigrationError) => void;
   /**
-   * A pre-copy round (the guest still runs on the source) is applied; the source waits for
-   * this before it goes on. A good moment for work that must not fall into the pause.
+   * A pre-copy round (the guest still runs on the source) is applied and the source has been
+   * told so (the PING it sends after the round is answered). A good moment for work that must
+   * not fall into the pause, and that the source should not count as part of the round.
    */
   precopyRoundApplied?: (round: number) => void;
   /** The paused VM is ready for round 0 (CONFIG_ACK goes out next). */
@@ -81,6 +82,8 @@ export class LiveMigrationTarget {
   private slots: PayloadSlots | undefined;
   private pausedAtMs = 0;
   private guestClockMs = 0;
+  /** A pre-copy round applied whose PING has not been answered yet (see precopyRoundApplied). */
+  private appliedRound: number | undefined;
 
   constructor(
     private readonly vm: Migratable,
@@ -148,6 +151,11 @@ export class LiveMigrationTarget {
       await this.apply(this.sm.handle(f));
     } finally {
       this.slots?.release(f.payload);
+    }
+    if (f.command === Command.Ping && this.appliedRound !== undefined) {
+      const round = this.appliedRound;
+      this.appliedRound = undefined;
+      this.hooks.precopyRoundApplied?.(round);
     }
     // Once the source has proven it holds the token, page frames may be large.
     if (this.sm.state === "Preparing" || this.sm.state === "Prepared") this.conn?.setMaxPayload(MAX_PAYLOAD_BYTES);
@@ -218,7 +226,7 @@ export class LiveMigrationTarget {
         applyZeroPages(this.vm.ram(), a.firstPage, a.count, a.bitmap, PAGE_SIZE, this.written);
         return undefined;
       case "roundComplete":
-        if (this.stateBytes === 0) this.hooks.precopyRoundApplied?.(a.round);
+        if (this.stateBytes === 0) this.appliedRound = a.round;
         return undefined;
       case "restoreState": {
         this.hooks.beforeRestore?.();
