@@ -6,7 +6,7 @@ import { defaultCacheDir } from "../common/paths.js";
 import { DirtyLog, type DirtyLogCpu } from "./dirtylog.js";
 import { EngineInitError, EngineSelfTestError, EngineStateError } from "./errors.js";
 import { ensurePatchedWasm, patchedV86Module } from "./wasmpatch.js";
-import { cpuOf, vgaRegions, withoutVgaMemory, installIdleScheduler, installJitGate, keepingRam, watchJitCompiles, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+import { cpuOf, vgaRegions, withoutTextRedraw, withoutVgaMemory, installIdleScheduler, installJitGate, keepingRam, watchJitCompiles, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
 
 /** Beyond this pause the guest's TSC is not moved on (see continueTsc): the guest agent sets the clock instead. */
 export const MAX_TSC_CATCH_UP_MS = 10_000;
@@ -192,7 +192,7 @@ export class Engine {
   async restoreState(state: ArrayBuffer, saved?: SavedClock): Promise<void> {
     if (saved !== undefined) this.continueClock(saved.clockMs, saved.atMs);
     try {
-      await this.emu.restore_state(state);
+      await withoutTextRedraw(cpuOf(this.emu), () => this.emu.restore_state(state));
     } catch (err) {
       throw new EngineStateError("restore", (err as Error).message, err);
     }

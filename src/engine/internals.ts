@@ -43,6 +43,9 @@ export interface V86Vga {
   svga_memory: Uint8Array;
   pixel_buffer: Uint8Array;
   get_state: () => unknown[];
+  /** Redraws the whole screen: in text mode, every cell as a bus event and a put_char on the screen adapter. */
+  complete_redraw: () => void;
+  graphical_mode: boolean;
 }
 
 export interface V86Emulator {
@@ -140,6 +143,31 @@ export async function withoutVgaMemory<T>(cpu: V86Cpu, fn: () => Promise<T>): Pr
   } finally {
     if (own) vga.get_state = original;
     else delete (vga as Partial<V86Vga>).get_state;
+  }
+}
+
+/**
+ * Run `fn` (a restore_state call) without the VGA device's text-mode redraws. Its set_state
+ * redraws the screen twice (once through set_font_page), each time 80 x 25 cells as a bus event
+ * (a new array) and a put_char on v86's screen adapter; nothing in a VM process draws the screen
+ * or listens for those events (the guest's console is its serial port). Measured: ~40 % of a
+ * restore, which on a live migration's target is part of the pause. The guest's later writes to
+ * text memory still go through put_char; in graphical mode the redraw (marking the screen dirty)
+ * runs as before.
+ */
+export async function withoutTextRedraw<T>(cpu: V86Cpu, fn: () => Promise<T>): Promise<T> {
+  const vga = cpu.devices.vga;
+  if (vga === undefined || typeof vga.complete_redraw !== "function") return fn();
+  const own = Object.prototype.hasOwnProperty.call(vga, "complete_redraw");
+  const original = vga.complete_redraw;
+  vga.complete_redraw = function (this: V86Vga): void {
+    if (this.graphical_mode) original.call(this);
+  };
+  try {
+    return await fn();
+  } finally {
+    if (own) vga.complete_redraw = original;
+    else delete (vga as Partial<V86Vga>).complete_redraw;
   }
 }
 
