@@ -11,6 +11,7 @@ import {
   decodePagesPayload,
   encodeFrame,
   encodeMessage,
+  encodeStateFrameParts,
   FRAME_HEADER_BYTES,
   FrameDecoder,
   MAX_PAYLOAD_BYTES,
@@ -385,4 +386,21 @@ void test("a reader that reuses its buffer and reads into readPlace(): frames st
   });
   assert.equal(code, "MIGRATION_CORRUPT_FRAME");
   assert.equal(d.readPlace(), undefined);
+});
+
+void test("a STATE frame written in parts is the same frame as encodeMessage's, and decodes to the same state", () => {
+  const state = sparseBytes(seededRandom(7), 200_000, 3);
+  const m = { cmd: Command.State, guestClockMs: 1234.5, pausedAtMs: 1_700_000_000_000, engineClockMs: 99.25, state: Buffer.from(state) } as const;
+  const parts = encodeStateFrameParts(m);
+  assert.equal(parts.length, 3);
+  assert.equal(parts[2]!.buffer, m.state.buffer, "the state is written as it is, not copied");
+  const whole = encodeMessage(m);
+  assert.deepEqual(Buffer.concat(parts), whole);
+  const frames = new FrameDecoder().push(Buffer.concat(parts));
+  assert.equal(frames.length, 1);
+  assert.deepEqual(plain(decodeMessage(frames[0]!)), plain(m));
+  // A changed byte of the state after the header was made is caught by the frame's CRC.
+  const bad = Buffer.concat(parts);
+  bad[bad.length - 1]! ^= 1;
+  assert.equal(codeOf(() => new FrameDecoder().push(bad)), "MIGRATION_CORRUPT_FRAME");
 });

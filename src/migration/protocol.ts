@@ -248,16 +248,22 @@ const EMPTY = Buffer.alloc(0);
 
 /** The 12-byte header of a frame carrying `payload` (magic, command, flags, length, CRC). */
 export function frameHeader(command: Command, payload: Uint8Array = EMPTY, flags = 0): Buffer {
-  if (payload.length > MAX_PAYLOAD_BYTES) {
-    throw new MigrationProtocolError("MIGRATION_FRAME_TOO_LARGE", `${commandName(command)} payload is ${payload.length} bytes; a frame carries at most ${MAX_PAYLOAD_BYTES}`);
+  return frameHeaderOf(command, [payload], flags);
+}
+
+/** The header of a frame whose payload is `parts` one after the other (written without joining them). */
+export function frameHeaderOf(command: Command, parts: readonly Uint8Array[], flags = 0): Buffer {
+  const length = parts.reduce((n, p) => n + p.length, 0);
+  if (length > MAX_PAYLOAD_BYTES) {
+    throw new MigrationProtocolError("MIGRATION_FRAME_TOO_LARGE", `${commandName(command)} payload is ${length} bytes; a frame carries at most ${MAX_PAYLOAD_BYTES}`);
   }
   const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
   head[0] = FRAME_MAGIC >> 8;
   head[1] = FRAME_MAGIC & 0xff;
   head[2] = command;
   head[3] = flags;
-  head.writeUInt32LE(payload.length, 4);
-  head.writeUInt32LE(crc32(payload, crc32(head.subarray(0, 8))), 8);
+  head.writeUInt32LE(length, 4);
+  head.writeUInt32LE(parts.reduce((crc, p) => crc32(p, crc), crc32(head.subarray(0, 8))), 8);
   return head;
 }
 
@@ -734,13 +740,26 @@ export function bitmapPopcount(bitmap: Uint8Array, count: number): number {
 }
 
 /** STATE payload: header length u32 | JSON {guestClockMs, pausedAtMs, engineClockMs?} | engine state bytes. */
-function encodeStatePayload(m: StateMessage): Buffer {
+/** The start of a STATE payload: the header's length (u32 LE) and the header (JSON); the state follows. */
+function statePayloadHead(m: StateMessage): Buffer {
   const header = json({ guestClockMs: m.guestClockMs, pausedAtMs: m.pausedAtMs, ...(m.engineClockMs !== undefined ? { engineClockMs: m.engineClockMs } : {}) });
-  const buf = Buffer.allocUnsafe(4 + header.length + m.state.length);
-  buf.writeUInt32LE(header.length, 0);
-  header.copy(buf, 4);
-  buf.set(m.state, 4 + header.length);
-  return buf;
+  const head = Buffer.allocUnsafe(4 + header.length);
+  head.writeUInt32LE(header.length, 0);
+  header.copy(head, 4);
+  return head;
+}
+
+function encodeStatePayload(m: StateMessage): Buffer {
+  return Buffer.concat([statePayloadHead(m), m.state]);
+}
+
+/**
+ * A STATE frame as [frame header, payload head, state]: the state (~200 KB) is written as it
+ * is, not copied twice into fresh buffers in the pause (each copy page-faults its buffer in).
+ */
+export function encodeStateFrameParts(m: StateMessage): Buffer[] {
+  const head = statePayloadHead(m);
+  return [frameHeaderOf(Command.State, [head, m.state]), head, m.state];
 }
 
 export function encodeMessage(m: Message): Buffer {

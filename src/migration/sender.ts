@@ -28,6 +28,7 @@ import {
   bitmapPopcount,
   encodeFrame,
   encodeDeviceMemoryPayload,
+  encodeStateFrameParts,
   encodeZeroPagesPayload,
   frameHeader,
   encodeMessage,
@@ -294,10 +295,15 @@ export class SenderStateMachine {
 
   /** CPU and device state (the source guest must be paused); the final round follows. */
   sendState(state: Uint8Array, guestClockMs: number, pausedAtMs: number, engineClockMs?: number): Buffer {
+    return Buffer.concat(this.sendStateParts(state, guestClockMs, pausedAtMs, engineClockMs));
+  }
+
+  /** As sendState(), but as parts to write one after the other: `state` is not copied (it must not change until written). */
+  sendStateParts(state: Uint8Array, guestClockMs: number, pausedAtMs: number, engineClockMs?: number): Buffer[] {
     this.require("send STATE", "Ready");
     if (this.stats.roundsDone === 0) throw new MigrationStateError("STATE before any memory round");
     this.st = "StateSent";
-    return encodeMessage({ cmd: Command.State, guestClockMs, pausedAtMs, engineClockMs, state: Buffer.from(state.buffer, state.byteOffset, state.byteLength) });
+    return encodeStateFrameParts({ cmd: Command.State, guestClockMs, pausedAtMs, engineClockMs, state: Buffer.from(state.buffer, state.byteOffset, state.byteLength) });
   }
 
   /** The commit point: from here on the source must not resume on its own. */

@@ -470,7 +470,7 @@ export class LiveMigrationSource {
       // CPU and devices first: the target restores them while the last dirty pages are found.
       const state = await (deviceMemory !== undefined ? deviceMemory.saveStateWithoutMemory() : this.vm.saveStateWithoutRam());
       const engineClockMs = this.vm.clockMs();
-      conn.write(this.sm.sendState(new Uint8Array(state), Date.now(), pausedAtMs, engineClockMs));
+      conn.write(...this.sm.sendStateParts(new Uint8Array(state), Date.now(), pausedAtMs, engineClockMs));
       const s2 = monotonicMs();
       // (The final round's frames go out as they are made: the target applies the first while
       // the source encodes the rest. Held back into one write, a 64 MiB dirty set paused ~40 %

@@ -102,10 +102,13 @@ export class FrameConnection {
   /** Queues encoded frames; false when the socket's buffer is over the high-water mark. */
   write(...bufs: Buffer[]): boolean {
     if (this.ended || this.socket.destroyed) return false;
+    // Several buffers (a frame in parts) go out in one writev, not one segment each.
+    if (bufs.length > 1) this.socket.cork();
     for (const b of bufs) {
       this.bytesOut += b.length;
       this.socket.write(b);
     }
+    if (bufs.length > 1) this.socket.uncork();
     return this.socket.writableLength < HIGH_WATER;
   }
 
