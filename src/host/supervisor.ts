@@ -927,7 +927,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
       rec.startPhases = r.phases;
       this.transition(rec, "started");
       this.emit({ type: "vm.created", vm: rec.config.name, at: new Date().toISOString() });
-      return { host: this.hostName, restoreMs: (r.phases["read"] ?? 0) + (r.phases["restore"] ?? 0) };
+      return { host: this.hostName, restoreMs: r.phases["restore"] ?? 0 };
     } catch (err) {
       if (entry.outcome !== "resumed") {
         entry.outcome = "aborted";

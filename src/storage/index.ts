@@ -10,6 +10,7 @@ export {
   decodeStateFile,
   writeStateFile,
   readStateFile,
+  readStateFileIntoRam,
   readStateHeader,
   checkCompatible,
 } from "./statefile.js";

@@ -9,7 +9,7 @@ import type { Socket } from "node:net";
 import { HopError } from "../common/errors.js";
 import { Engine, ENGINE_VERSION, toArrayBuffer } from "../engine/index.js";
 import { LiveMigrationSource, LiveMigrationTarget, migrationHostAreaBytes } from "../migration/index.js";
-import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, writeStateFile, type StateHeader } from "../storage/index.js";
+import { checkCompatible, decodeRamPagesPayload, encodeRamPagesPayload, FileDisk, readStateFile, readStateFileIntoRam, writeStateFile, type StateHeader } from "../storage/index.js";
 import { GuestAgentClient } from "./agent.js";
 import { startWarmup, type Warming } from "./warmup.js";
 import { lowerPriority } from "./priority.js";
@@ -56,6 +56,11 @@ async function rehearseRestore(engine: Engine, state: ArrayBuffer): Promise<void
   } catch {
     // The real restore does not depend on it.
   }
+}
+
+/** The engine clock a saved state continues (absent in templates). */
+function savedClock(header: StateHeader): { clockMs: number; atMs: number } | undefined {
+  return header.engineClockMs !== undefined ? { clockMs: header.engineClockMs, atMs: header.savedAtMs } : undefined;
 }
 
 function reportWarmed(r: { ms: number; error?: string }): void {
@@ -324,14 +329,33 @@ class VmProcess {
 
   /** Restores this VM's own saved state (either RAM layout) into the engine, not yet running. */
   private async restoreSaved(state: { header: StateHeader; payload: Buffer }, source: string): Promise<void> {
+    const engine = this.requireEngine();
+    this.checkSaved(state.header, source);
+    const p = state.payload;
+    if (state.header.ram === "pages") await engine.restoreStateKeepingRam(toArrayBuffer(decodeRamPagesPayload(p, engine.ram(), source)), savedClock(state.header));
+    else await engine.restoreState(toArrayBuffer(p), savedClock(state.header));
+  }
+
+  /**
+   * Reads and restores this VM's own state file. A "pages" file streams straight into the
+   * engine's RAM (which must still be zero, as in a fresh engine): no copy of the file in memory.
+   */
+  private async restoreSavedFile(path: string): Promise<void> {
+    const engine = this.requireEngine();
+    const streamed = await readStateFileIntoRam(path, engine.ram(), (header) => this.checkSaved(header, path));
+    if (streamed === undefined) await this.restoreSaved(await readStateFile(path), path);
+    else await engine.restoreStateKeepingRam(toArrayBuffer(streamed.state), savedClock(streamed.header));
+  }
+
+  private requireEngine(): Engine {
     const engine = this.engine;
     if (engine === undefined) throw new HopError("VM_NOT_READY", "the VM has no engine yet", { status: 409 });
+    return engine;
+  }
+
+  private checkSaved(header: StateHeader, source: string): void {
     const init = this.init;
-    checkCompatible(state.header, { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined }, source);
-    const p = state.payload;
-    const saved = state.header.engineClockMs !== undefined ? { clockMs: state.header.engineClockMs, atMs: state.header.savedAtMs } : undefined;
-    if (state.header.ram === "pages") await engine.restoreStateKeepingRam(toArrayBuffer(decodeRamPagesPayload(p, engine.ram(), source)), saved);
-    else await engine.restoreState(toArrayBuffer(p), saved);
+    checkCompatible(header, { engine: ENGINE_VERSION, memoryMiB: init.memoryMiB, vgaMemoryKiB: init.vgaMemoryKiB, nic: init.nic, disk: init.disk !== undefined }, source);
   }
 
   async handle(req: VmOp): Promise<unknown> {
@@ -398,13 +422,12 @@ class VmProcess {
         if (this.init.start.mode !== "awaitState" || this.restoredFrom !== undefined) throw new HopError("VM_NOT_WAITING", "this VM process is not waiting for a saved state", { status: 409 });
         this.restoredFrom = req.statePath;
         const t0 = monotonicMs();
-        const state = await readStateFile(req.statePath);
-        const read = monotonicMs();
-        await this.restoreSaved(state, req.statePath);
+        // Read and restored in one go: the file's pages stream into RAM as they are read.
+        await this.restoreSavedFile(req.statePath);
         const restored = monotonicMs();
         await engine.run();
         agent.setTime(Date.now(), 5_000).catch(() => undefined);
-        const phases = { read: roundMs(read - t0, 1), restore: roundMs(restored - read, 1) };
+        const phases = { restore: roundMs(restored - t0, 1) };
         send({ t: "ready", startMs: Math.round(monotonicMs() - t0), phases });
         send({ t: "state", state: "running" });
         return { phases };
