@@ -50,6 +50,13 @@ const GAP_AFTER_MS = 1000;
  * it (src/vm/warmup.ts, ~0.7 s at a low priority): the next move starts after that.
  */
 const SETTLE_MS = 3000;
+/**
+ * After the workload starts, before the first move. Starting it (an exec) makes the guest busy,
+ * which turns v86's JIT on for 2 s after (src/engine/internals.ts, installJitGate): with a 2 s
+ * wait, the first run's window (from GAP_BEFORE_MS before the move) still held that compiling
+ * and saw 30-35 ms silences the move had no part in.
+ */
+const WORKLOAD_SETTLE_MS = 4000;
 
 interface Run {
   totalMs: number;
@@ -114,7 +121,7 @@ async function runCase(name: CaseName, hosts: { a: Host; b: Host }): Promise<Run
   try {
     await hosts.a.sup.exec(vm, "hb -i 10 > /dev/ttyS0 2>&1 &");
     if (spec.dirtyMiB > 0) await hosts.a.sup.exec(vm, `dirty -w ${spec.dirtyMiB} > /dev/null 2>&1 &`);
-    await sleep(2000);
+    await sleep(WORKLOAD_SETTLE_MS);
     for (let i = 0; i < runs; i++) {
       const to: "a" | "b" = here === "a" ? "b" : "a";
       const t0 = performance.now();
