@@ -11,7 +11,7 @@
  *     24+H+P   32 bytes SHA-256 over everything before it
  */
 import { createHash } from "node:crypto";
-import { open, rename, rm, readFile, mkdir } from "node:fs/promises";
+import { open, rename, rm, readFile, mkdir, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { HopError } from "../common/errors.js";
 
@@ -204,6 +204,23 @@ export async function readStateFile(path: string): Promise<{ header: StateHeader
   return decodeStateFile(file, path);
 }
 
+/** Opens a state file for reading (STATEFILE_READ_FAILED if it cannot be). */
+async function openStateFile(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, "r");
+  } catch (err) {
+    throw new StateFileError("STATEFILE_READ_FAILED", `reading state file ${path} failed: ${(err as Error).message}`, err);
+  }
+}
+
+/** Checks a file's first 16 bytes (magic, format version); returns the header length. */
+function checkPrefix(prefix: Buffer, path: string): number {
+  if (prefix.length < 16 || prefix.toString("ascii", 0, 8) !== STATE_MAGIC) throw new StateFileError("STATEFILE_CORRUPT", `${path} is not a Hopvisor state file (bad magic or too short)`);
+  const version = prefix.readUInt32LE(8);
+  if (version !== STATE_FORMAT_VERSION) throw new StateFileError("STATEFILE_VERSION", `${path} has format version ${version}; this build reads version ${STATE_FORMAT_VERSION}`);
+  return prefix.readUInt32LE(12);
+}
+
 /** Bytes read at a time by readStateFileIntoRam (one buffer, reused). */
 const STREAM_CHUNK_BYTES = 1 << 20;
 
@@ -221,12 +238,7 @@ const STREAM_CHUNK_BYTES = 1 << 20;
  */
 export async function readStateFileIntoRam(path: string, ram: Uint8Array, check?: (header: StateHeader) => void): Promise<{ header: StateHeader; state: Buffer } | undefined> {
   const corrupt = (why: string): StateFileError => new StateFileError("STATEFILE_CORRUPT", `${path}: ${why}`);
-  let fh;
-  try {
-    fh = await open(path, "r");
-  } catch (err) {
-    throw new StateFileError("STATEFILE_READ_FAILED", `reading state file ${path} failed: ${(err as Error).message}`, err);
-  }
+  const fh = await openStateFile(path);
   try {
     const size = (await fh.stat()).size;
     let pos = 0;
@@ -242,10 +254,7 @@ export async function readStateFileIntoRam(path: string, ram: Uint8Array, check?
       return into;
     };
     const prefix = await readExactly(Buffer.alloc(16)).catch(() => Buffer.alloc(0));
-    if (prefix.length < 16 || prefix.toString("ascii", 0, 8) !== STATE_MAGIC) throw new StateFileError("STATEFILE_CORRUPT", `${path} is not a Hopvisor state file (bad magic or too short)`);
-    const version = prefix.readUInt32LE(8);
-    if (version !== STATE_FORMAT_VERSION) throw new StateFileError("STATEFILE_VERSION", `${path} has format version ${version}; this build reads version ${STATE_FORMAT_VERSION}`);
-    const headerLen = prefix.readUInt32LE(12);
+    const headerLen = checkPrefix(prefix, path);
     if (headerLen > MAX_HEADER || 16 + headerLen + 8 + 32 > size) throw corrupt(`header length ${headerLen} is out of range`);
     const headerBytes = await readExactly(Buffer.alloc(headerLen));
     const lenBytes = await readExactly(Buffer.alloc(8));
@@ -339,19 +348,11 @@ export async function readStateFileIntoRam(path: string, ram: Uint8Array, check?
 
 /** Only the header of a state file (no checksum check: that needs the whole file). */
 export async function readStateHeader(path: string): Promise<StateHeader> {
-  let fh;
-  try {
-    fh = await open(path, "r");
-  } catch (err) {
-    throw new StateFileError("STATEFILE_READ_FAILED", `reading state file ${path} failed: ${(err as Error).message}`, err);
-  }
+  const fh = await openStateFile(path);
   try {
     const prefix = Buffer.alloc(16);
     const { bytesRead } = await fh.read(prefix, 0, 16, 0);
-    if (bytesRead < 16 || prefix.toString("ascii", 0, 8) !== STATE_MAGIC) throw new StateFileError("STATEFILE_CORRUPT", `${path} is not a Hopvisor state file (bad magic or too short)`);
-    const version = prefix.readUInt32LE(8);
-    if (version !== STATE_FORMAT_VERSION) throw new StateFileError("STATEFILE_VERSION", `${path} has format version ${version}; this build reads version ${STATE_FORMAT_VERSION}`);
-    const headerLen = prefix.readUInt32LE(12);
+    const headerLen = checkPrefix(bytesRead < 16 ? Buffer.alloc(0) : prefix, path);
     if (headerLen > MAX_HEADER) throw new StateFileError("STATEFILE_CORRUPT", `${path}: header length ${headerLen} is out of range`);
     const headerBytes = Buffer.alloc(headerLen);
     const r = await fh.read(headerBytes, 0, headerLen, 16);
