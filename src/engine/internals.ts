@@ -346,8 +346,15 @@ export function installIdleScheduler(emulator: V86Emulator): void {
   };
 }
 
-/** Guest instructions/s from which a guest counts as busy (an idle guest runs ~0.9M/s). */
-const JIT_BUSY_INSTRUCTIONS_PER_S = 2_500_000;
+/**
+ * Guest instructions/s from which a guest counts as busy. Measured over 100 ms windows: an idle
+ * guest runs ~0.9M/s; one printing a heartbeat line every 10 ms (the migration benchmark's) runs
+ * 2.2M/s (p90 2.4M, up to 2.7M in the first windows after a live migration); an exec, a shell
+ * loop or `dirty` run 5-12M/s. At 2.5M the heartbeat alone turned compiling on now and then, and
+ * compiling, once on, stalls the guest when a module comes due: v86 generates it in one call
+ * (jit_analyze_and_generate, up to 5 pages of guest code) that held the guest 40-120 ms.
+ */
+const JIT_BUSY_INSTRUCTIONS_PER_S = 4_000_000;
 /** The instruction rate is measured over windows this long. */
 const JIT_GATE_WINDOW_MS = 100;
 /** Compiling stays on this long after the last busy window (bursts such as an exec)... */
@@ -380,9 +387,22 @@ export function installJitGate(emulator: V86Emulator): void {
   let windowStart = monotonicMs();
   let lastBusy = windowStart - JIT_GATE_HOLD_MS;
   let windowInstructions = emulator.get_instruction_counter();
+  // While the emulator is stopped no window runs, and a restore replaces the instruction
+  // counter (a window across it would count another engine's instructions as this one's): the
+  // window after a stop starts afresh when the guest runs again.
+  let stale = false;
+  const stop = v86.stop.bind(v86);
+  v86.stop = (): void => {
+    stale = true;
+    stop();
+  };
   v86.yield = (t: number, tick: number): void => {
     const now = monotonicMs();
-    if (now - windowStart >= JIT_GATE_WINDOW_MS) {
+    if (stale) {
+      stale = false;
+      windowStart = now;
+      windowInstructions = emulator.get_instruction_counter();
+    } else if (now - windowStart >= JIT_GATE_WINDOW_MS) {
       const instructions = emulator.get_instruction_counter();
       // A rate over the window as it really was: when the event loop is held up (a loaded
       // host), a window spans several times JIT_GATE_WINDOW_MS, and an idle guest's count over
