@@ -177,7 +177,7 @@ export function register(vm: Command): void {
       .argument("<name>")
       .option("--to <host>", "target host: on a cluster manager a host name (default: the manager picks one); on a host agent (required) a name given with --peer, or its URL")
       .addOption(new Option("--mode <mode>", "live | quick | cold").choices(["live", "quick", "cold"]).default("live"))
-      .option("--downtime-target <ms>", "live: the pause to aim for (default 50)", intOption(1, 60_000))
+      .option("--downtime-target <ms>", "live: the pause to aim for (default 30)", intOption(1, 60_000))
       .option("--bandwidth <bytes/s>", "live: limit page traffic, e.g. 125M (1 Gbit/s)", parseBandwidth)
       .option("--lz4", "live: LZ4-compress pages (pays on slow links)")
       .option("--no-wait", "cluster manager: answer with the task at once instead of the report"),
