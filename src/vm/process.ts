@@ -211,7 +211,8 @@ class VmProcess {
         nic: init.nic,
         serialPorts: 2,
       }),
-      init.start.mode === "restore" || init.start.mode === "resume" ? readStateFile(init.start.statePath) : undefined,
+      // (A suspended VM's own state streams into RAM once the engine is there: restoreSavedFile.)
+      init.start.mode === "restore" ? readStateFile(init.start.statePath) : undefined,
     ]);
     let t = mark("engine+read", t0);
     this.engine = engine;
@@ -271,8 +272,8 @@ class VmProcess {
       send({ t: "prepared" });
       return;
     }
-    if (start.mode === "resume" && state !== undefined) {
-      await this.restoreSaved(state, start.statePath);
+    if (start.mode === "resume") {
+      await this.restoreSavedFile(start.statePath);
       t = mark("restore", t);
       await engine.run();
       mark("resume", t);
