@@ -262,7 +262,7 @@ export function MigrateDialog({ vm, onClose }: { vm: ClusterVm; onClose: () => v
                   </label>
                   {mode === "live" ? (
                     <label className="field">
-                      <span>Pause to aim for (ms, default 50)</span>
+                      <span>Pause to aim for (ms, default 30)</span>
                       <input name="downtimeTargetMs" type="number" min={1} max={60000} step={1} value={downtimeTarget} onChange={(e) => setDowntimeTarget(e.target.value)} />
                     </label>
                   ) : null}
