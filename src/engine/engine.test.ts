@@ -100,6 +100,43 @@ void test("a guest restored in another engine after a pause keeps the wall-clock
     assert.equal(b.jitCompiles() - compiled, 0, `the restored guest compiled code while it idled (${compiled} modules before, while it ran the execs)`);
   }));
 
+void test("whenQuiet: a guest that reports now and then is caught halted right after a line; a busy or a silent guest is not waited for", async () => {
+  const template = await template128();
+  const e = await Engine.create(template.opts);
+  try {
+    await e.restoreState(template.state);
+    const agent = GuestAgentClient.on(e);
+    await e.run();
+    await agent.waitReady(10_000);
+    let lines = 0;
+    e.onSerialByte(0, (byte) => {
+      if (byte === 0x0a) lines++;
+    });
+    assert.equal((await agent.exec("hb -i 100 > /dev/ttyS0 2>&1 &", 10_000)).exitCode, 0);
+    await sleep(500);
+    for (let i = 0; i < 3; i++) {
+      const before = lines;
+      assert.equal(await e.whenQuiet(1_000), true, "a heartbeat every 100 ms gives a quiet moment within 1 s");
+      assert.ok(lines > before, "the quiet moment comes after the guest's next line");
+      assert.equal(e.halted, true, "the guest is halted at the quiet moment");
+      assert.equal(e.running, true);
+    }
+    // Busy: a shell loop keeps the CPU; the guest has not halted lately, so there is no wait.
+    assert.equal((await agent.exec("(while :; do :; done) > /dev/null 2>&1 & echo $! > /tmp/busy", 10_000)).exitCode, 0);
+    await sleep(300);
+    assert.equal(await e.whenQuiet(60_000), false, "a busy guest has no quiet moment to wait for");
+    assert.equal((await agent.exec("kill $(cat /tmp/busy); killall hb", 10_000)).exitCode, 0);
+    // Silent: the guest halts but sends nothing, so the wait runs out.
+    await sleep(300);
+    assert.equal(await e.whenQuiet(300), false, "a silent guest gives no quiet moment");
+    // Paused: nothing to wait for.
+    await e.pause();
+    assert.equal(await e.whenQuiet(60_000), false);
+  } finally {
+    await e.destroy();
+  }
+});
+
 /** Pages whose 4 KiB differ between `ram` and `shadow`; `shadow` takes the new content. */
 function changedPages(ram: Uint8Array, shadow: Buffer): number[] {
   const mem = Buffer.from(ram.buffer, ram.byteOffset, ram.byteLength);

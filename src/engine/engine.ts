@@ -3,10 +3,11 @@ import { createRequire } from "node:module";
 import { checkEngineClock, continueEngineClock, engineNow } from "./clock.js";
 import { V86 } from "v86";
 import { defaultCacheDir } from "../common/paths.js";
+import { monotonicMs } from "../common/time.js";
 import { DirtyLog, type DirtyLogCpu } from "./dirtylog.js";
 import { EngineInitError, EngineSelfTestError, EngineStateError } from "./errors.js";
 import { ensurePatchedWasm, patchedV86Module } from "./wasmpatch.js";
-import { cpuOf, vgaRegions, withoutTextRedraw, withoutVgaMemory, installIdleScheduler, installJitGate, keepingRam, watchJitCompiles, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
+import { cpuOf, vgaRegions, withoutTextRedraw, withoutVgaMemory, installIdleScheduler, installJitGate, type GuestIdle, keepingRam, watchJitCompiles, ramView, advanceTsc, readTsc, selfTest, TSC_PER_MS, withoutRam, type V86Constructor, type V86Emulator } from "./internals.js";
 
 /** Beyond this pause the guest's TSC is not moved on (see continueTsc): the guest agent sets the clock instead. */
 export const MAX_TSC_CATCH_UP_MS = 10_000;
@@ -71,6 +72,9 @@ export function toArrayBuffer(b: Uint8Array): ArrayBuffer {
  * A typed facade over one v86 emulator instance: power (run/pause), state with and without
  * RAM, a raw RAM view, serial ports and the NIC.
  */
+/** whenQuiet: a guest that has not halted for this long is busy (it has no quiet moment). */
+const QUIET_BUSY_AFTER_MS = 20;
+
 export class Engine {
   readonly memoryBytes: number;
   private readonly emu: V86Emulator;
@@ -85,7 +89,7 @@ export class Engine {
    */
   readonly deviceMemory: { regions(): Uint8Array[]; saveStateWithoutMemory(): Promise<ArrayBuffer> } | undefined;
 
-  private constructor(emu: V86Emulator, readonly options: EngineOptions, dirtyLog: DirtyLog | undefined) {
+  private constructor(emu: V86Emulator, readonly options: EngineOptions, dirtyLog: DirtyLog | undefined, private readonly idle: GuestIdle) {
     this.emu = emu;
     this.memoryBytes = options.memoryMiB * 1024 * 1024;
     const cpu = cpuOf(emu);
@@ -157,9 +161,9 @@ export class Engine {
     } catch (err) {
       throw new EngineInitError((err as Error).message, err);
     }
-    installIdleScheduler(emu);
+    const idle = installIdleScheduler(emu);
     installJitGate(emu);
-    return new Engine(emu, options, log);
+    return new Engine(emu, options, log, idle);
   }
 
   get running(): boolean {
@@ -168,6 +172,44 @@ export class Engine {
 
   async run(): Promise<void> {
     await this.emu.run();
+  }
+
+  /**
+   * Resolves at a quiet moment to stop the guest at: the first time it halts after it next sent
+   * output (a byte on a serial port or an Ethernet frame), or at once when it is stopped or busy
+   * (it has not halted in the last BUSY_AFTER_MS: it has no such moment), or after `maxWaitMs`.
+   * A guest that answers or reports now and then is then paused in the time it would have been
+   * silent anyway. Resolves true at such a moment, false otherwise.
+   */
+  async whenQuiet(maxWaitMs: number): Promise<boolean> {
+    if (!this.emu.is_running() || monotonicMs() - this.idle.lastHaltAt() > QUIET_BUSY_AFTER_MS) return false;
+    return await new Promise<boolean>((resolve) => {
+      let sent = false;
+      const onOutput = (): void => {
+        sent = true;
+      };
+      const offs = [0, 1, 2, 3].map((port) => this.onSerialByte(port, onOutput));
+      offs.push(this.onFrame(onOutput));
+      let cancelHalt = (): void => {};
+      const done = (quiet: boolean): void => {
+        clearTimeout(timer);
+        cancelHalt();
+        for (const off of offs) off();
+        resolve(quiet);
+      };
+      const onHalt = (): void => {
+        if (this.idle.wakeAt() === undefined) done(false); // stopped, not halted
+        else if (sent) done(true);
+        else cancelHalt = this.idle.onNextHalt(onHalt);
+      };
+      cancelHalt = this.idle.onNextHalt(onHalt);
+      const timer = setTimeout(() => done(false), maxWaitMs);
+    });
+  }
+
+  /** Whether the guest is halted (HLT) now, waiting for its next timer event or interrupt. */
+  get halted(): boolean {
+    return this.idle.wakeAt() !== undefined;
   }
 
   /** Stops the CPU; resolves once the emulator has stopped (within a ~1 ms slice). */

@@ -318,32 +318,71 @@ export function selfTest(emulator: V86Emulator, memoryBytes: number): void {
  * A stop ends the sleep too: v86 notices a stop only in its next slice, so a halted guest's
  * pause waited for its next timer event (measured: up to 3.6 ms at the start of a live
  * migration's switchover, for a guest that sleeps between heartbeats).
+ *
+ * Returns what it sees of the guest's halts (GuestIdle), for Engine.whenQuiet.
  */
-export function installIdleScheduler(emulator: V86Emulator): void {
+export function installIdleScheduler(emulator: V86Emulator): GuestIdle {
   const v86 = emulator.v86;
   const original = v86.yield.bind(v86);
   const stop = v86.stop.bind(v86);
   let sleeping: NodeJS.Timeout | undefined;
   let sleepingTick = 0;
+  let wakeAt: number | undefined;
+  let lastHaltAt = -Infinity;
+  let waiters: (() => void)[] = [];
+  const haltedNow = (): void => {
+    if (waiters.length === 0) return;
+    const ws = waiters;
+    waiters = [];
+    for (const w of ws) w();
+  };
   const wake = (tick: number): void => {
     sleeping = undefined;
+    wakeAt = undefined;
     v86.yield_callback(tick);
   };
   v86.stop = (): void => {
     stop();
-    if (sleeping === undefined) return;
-    clearTimeout(sleeping);
-    sleeping = undefined;
-    original(0, sleepingTick);
+    wakeAt = undefined;
+    if (sleeping !== undefined) {
+      clearTimeout(sleeping);
+      sleeping = undefined;
+      original(0, sleepingTick);
+    }
+    haltedNow();
   };
   v86.yield = (t: number, tick: number): void => {
     if (sleeping !== undefined) clearTimeout(sleeping);
     sleeping = undefined;
+    wakeAt = undefined;
     if (t > 0) {
       sleepingTick = tick;
+      lastHaltAt = monotonicMs();
+      wakeAt = lastHaltAt + t;
       sleeping = setTimeout(wake, Math.ceil(t), tick);
+      haltedNow();
     } else original(t, tick);
   };
+  return {
+    wakeAt: () => wakeAt,
+    lastHaltAt: () => lastHaltAt,
+    onNextHalt: (cb) => {
+      waiters.push(cb);
+      return () => {
+        waiters = waiters.filter((w) => w !== cb);
+      };
+    },
+  };
+}
+
+/** Whether the guest sleeps (HLT) between timer events, as installIdleScheduler sees it. */
+export interface GuestIdle {
+  /** While the guest is halted: when its next timer event is due (monotonicMs); else undefined. */
+  wakeAt(): number | undefined;
+  /** When the guest last halted (monotonicMs; -Infinity before it first did). */
+  lastHaltAt(): number;
+  /** Calls `cb` once, the next time the guest halts or the emulator is stopped; the result cancels that. */
+  onNextHalt(cb: () => void): () => void;
 }
 
 /**
