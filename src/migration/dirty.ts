@@ -125,6 +125,22 @@ export class DirtyTracker {
     this.zeroed = true;
   }
 
+  /**
+   * Faults in memory that other code may already use, without changing it: every `pageSize`-th
+   * byte is written back as read, `sliceBytes` at a time with `yieldFn` between slices.
+   * `view` is called for every slice (a wasm memory view can be detached by a grow).
+   */
+  static async touch(view: () => Uint8Array, options: { pageSize?: number; sliceBytes?: number; yieldFn?: () => Promise<void> } = {}): Promise<void> {
+    const pageSize = options.pageSize ?? PAGE_SIZE;
+    const slice = Math.max(pageSize, options.sliceBytes ?? 4 * 1024 * 1024);
+    for (let off = 0; off < view().length; off += slice) {
+      const v = view();
+      const end = Math.min(v.length, off + slice);
+      for (let i = off; i < end; i += pageSize) v[i] = v[i]!;
+      if (options.yieldFn !== undefined && end < v.length) await options.yieldFn();
+    }
+  }
+
   /** The shadow (read-only by contract): the content the target holds for every sent page. */
   get shadowView(): Uint8Array {
     return this.shadowOf();

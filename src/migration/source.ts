@@ -43,6 +43,14 @@ const PREFAULT_SLICE_BYTES = 256 * 1024;
 export const LIVE_DEFAULTS = { downtimeTargetMs: 30, maxRounds: 30, sliceBytes: 4 * 1024 * 1024, batchBytes: 1024 * 1024, switchoverOverheadMs: 10 } as const;
 
 /**
+ * Before the pause, wait at most this long for a quiet moment (Migratable.whenQuiet): the first
+ * time the guest halts after it sent output. A guest that reports every 10 ms was otherwise
+ * stopped at any point of its period, in about a third of moves just as its next line was due,
+ * which then came the whole switchover late.
+ */
+const QUIET_STOP_MAX_WAIT_MS = 25;
+
+/**
  * Round 0 reads RAM in slices this big, the guest running in between. Its non-zero pages cost
  * 2-10 us each (zero check, shadow copy, batching, the socket write), and the guest waits for
  * a slice to end: at 4 MiB, slices of 3-14 ms held an idle guest's heartbeat up to ~35 ms.
@@ -53,6 +61,10 @@ export const LIVE_DEFAULTS = { downtimeTargetMs: 30, maxRounds: 30, sliceBytes: 
  */
 const ROUND0_SLICE_BYTES = 1024 * 1024;
 const ROUND0_SLICE_PAGES = ROUND0_SLICE_BYTES / PAGE_SIZE;
+/** Round 0 sends device memory in pieces this big (see sendDeviceMemory). */
+const DEVICE_ROUND0_PIECE_BYTES = 128 * 1024;
+/** Round-0 payload buffers allocated and faulted in while the target prepares (about as many as are in flight at once). */
+const ROUND0_RESERVED_PAYLOADS = 4;
 /** A PAGES payload that holds a whole round-0 slice as RAW entries (one payload per slice). */
 const ROUND0_PAYLOAD_BYTES = PAGES_HEADER_BYTES + ROUND0_SLICE_PAGES * (PAGE_ENTRY_HEADER_BYTES + PAGE_SIZE);
 
@@ -239,9 +251,16 @@ export class LiveMigrationSource {
           : Promise.resolve(undefined);
       const firstPassLoaded = area !== undefined && opts.lz4 !== true ? WasmFirstPass.create(area.memory, area.offset + layout.firstPassScratchAt, ROUND0_SLICE_PAGES, ROUND0_PAYLOAD_BYTES, cacheDir).catch(() => undefined) : Promise.resolve(undefined);
       const early = new DirtyTracker(localPages, PAGE_SIZE, area !== undefined ? { shadow: () => new Uint8Array(area.memory.buffer, area.offset, shadowBytes) } : { zeroed: false });
-      const prefaulted = early.prefault({ sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: () => new Promise<void>((r) => setImmediate(r)) });
+      const yieldToGuest = (): Promise<void> => new Promise<void>((r) => setImmediate(r));
+      // Then the encoders' scratch beyond the shadow (round 0's payloads are assembled there:
+      // untouched, its first slices took 3-7 ms instead of ~1, faulting it in).
+      const prefaulted = early.prefault({ sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: yieldToGuest }).then(async () => {
+        if (area !== undefined) await DirtyTracker.touch(() => new Uint8Array(area.memory.buffer, area.offset + shadowBytes, layout.bytes - shadowBytes), { sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: yieldToGuest });
+      });
+      const payloadsReserved = firstPassLoaded.then((fp) => fp?.reservePayloads(ROUND0_RESERVED_PAYLOADS, PREFAULT_SLICE_BYTES, yieldToGuest)).catch(() => undefined);
       await this.waitFor("prepared", replyTimeoutMs, "prepare the VM");
       await prefaulted;
+      await payloadsReserved;
       const fastDelta = await fastDeltaLoaded;
       const pageEncoder = await pageEncoderLoaded;
       const firstPass = await firstPassLoaded;
@@ -289,21 +308,31 @@ export class LiveMigrationSource {
       // (compared with the copies sent; ~1 MiB, well under a millisecond).
       const deviceMemory = this.sm.config.deviceMemory !== undefined ? this.vm.deviceMemory : undefined;
       const deviceSent: Uint8Array[] = [];
-      const sendDeviceMemory = (all: boolean): void => {
+      const sendDeviceMemory = async (all: boolean): Promise<void> => {
         if (deviceMemory === undefined) return;
-        deviceMemory.regions().forEach((region, i) => {
+        const count = deviceMemory.regions().length;
+        for (let i = 0; i < count; i++) {
           if (all) {
-            deviceSent[i] = region.slice();
-            conn.write(this.sm.deviceMemory(i, 0, region));
-            return;
+            // In pieces, the guest running in between: whole, the copies and the frame of
+            // ~1 MiB (fresh memory, faulted in as it is written) held the guest ~10 ms.
+            const length = deviceMemory.regions()[i]!.length;
+            const sent = (deviceSent[i] = new Uint8Array(length));
+            for (let from = 0; from < length; from += DEVICE_ROUND0_PIECE_BYTES) {
+              if (from > 0) await between();
+              const part = deviceMemory.regions()[i]!.subarray(from, Math.min(length, from + DEVICE_ROUND0_PIECE_BYTES));
+              conn.write(this.sm.deviceMemory(i, from, part));
+              sent.set(part, from);
+            }
+            continue;
           }
+          const region = deviceMemory.regions()[i]!;
           const sent = deviceSent[i]!;
           for (const [from, to] of changedChunks(region, sent, DEVICE_CHUNK_BYTES)) {
             const part = region.subarray(from, to);
             conn.write(this.sm.deviceMemory(i, from, part));
             sent.set(part, from);
           }
-        });
+        }
       };
       const sendRound = async (all: boolean, paused: boolean): Promise<{ pages: number; bytes: number; started: number; ms: number; guestBefore: number }> => {
         const r0 = monotonicMs();
@@ -383,7 +412,7 @@ export class LiveMigrationSource {
         } else if (paused) pages = tracker.scanSlice(getRam(), 0, pageCount, { onDirty }).length;
         else pages = (await tracker.scanAll(getRam, { onDirty, sliceBytes: LIVE_DEFAULTS.sliceBytes, yieldFn: between })).length;
         emit(writer.take());
-        sendDeviceMemory(all);
+        await sendDeviceMemory(all);
         conn.write(this.sm.endRound());
         const bytes = this.sm.stats.bytesSent - before;
         bytesTotal += bytes;
@@ -464,7 +493,11 @@ export class LiveMigrationSource {
         }
       }
 
-      // Stop-and-copy.
+      // Stop-and-copy, at a quiet moment of an unthrottled guest (see QUIET_STOP_MAX_WAIT_MS).
+      if (this.stunner.current === 0 && this.vm.whenQuiet !== undefined) {
+        await this.vm.whenQuiet(QUIET_STOP_MAX_WAIT_MS);
+        this.check();
+      }
       this.progress("stop-and-copy");
       const pausedAtMs = Date.now();
       const s0 = monotonicMs();

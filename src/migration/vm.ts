@@ -68,4 +68,10 @@ export interface Migratable extends Pausable, Snapshottable, Clocked {
    * same region is handed out again on later calls. Absent: the shadow is a Buffer.
    */
   hostArea?(bytes: number): { memory: WebAssembly.Memory; offset: number };
+  /**
+   * Resolves at a good moment to pause the guest at (the first halt after it sent output), or
+   * at once when it is busy, or after `maxWaitMs`. Absent: the guest is paused when the
+   * pre-copy ends.
+   */
+  whenQuiet?(maxWaitMs: number): Promise<boolean>;
 }
