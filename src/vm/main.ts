@@ -1,3 +1,4 @@
+import "./zodconfig.js";
 import { runVmProcess } from "./process.js";
 
 runVmProcess();
