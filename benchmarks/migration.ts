@@ -128,7 +128,10 @@ async function runCase(name: CaseName, hosts: { a: Host; b: Host }): Promise<Run
       const rep: MigrationReport = await hosts[here].sup.migrate(vm, { to, mode: spec.mode });
       const t1 = performance.now();
       here = to;
-      await sleep(SETTLE_MS);
+      // The window closes GAP_AFTER_MS after the move: the run is summed up and printed then, not
+      // just before the next move, whose window would hold the time that took (a synchronous
+      // console.log held this process, which relays the heartbeats, for up to ~4 ms).
+      await sleep(GAP_AFTER_MS + 50);
       const r0 = rep.rounds[0];
       const g = longestGap(beats.times, t0 - GAP_BEFORE_MS, t1 + GAP_AFTER_MS);
       const run: Run = {
@@ -146,6 +149,7 @@ async function runCase(name: CaseName, hosts: { a: Host; b: Host }): Promise<Run
       const d = rep.downtime;
       const parts = spec.mode === "live" ? `stop ${d.stopMs} + state ${d.stateSaveMs} + final copy ${d.finalCopyMs} + transfer ${d.transferMs} + resume ${d.resumeMs}, restore ${d.restoreMs}` : `stop ${d.stopMs} + save ${d.stateSaveMs} + transfer ${d.transferMs} + restore ${d.restoreMs}`;
       console.log(`${name} #${i + 1}: total ${run.totalMs.toFixed(0)} ms, pause ${run.pauseMs.toFixed(1)} ms (${parts}), gap ${run.gapMs.toFixed(1)} ms (from ${(g.at - t0).toFixed(0)} ms after the start; ${run.baselineGapMs.toFixed(1)} ms before it), rounds ${run.rounds}, stop ${run.stopReason}, throttle ${run.throttleMax}%${Number.isFinite(run.firstRoundMBps) ? `, first round ${run.firstRoundMBps.toFixed(0)} MB/s` : ""}`);
+      await sleep(SETTLE_MS - GAP_AFTER_MS - 50);
     }
   } finally {
     beats.stop();
