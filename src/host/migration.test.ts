@@ -140,7 +140,8 @@ void describe("migration between host agents with real guests", { timeout: 15 * 
     dir = await mkdtemp(join(tmpdir(), "hop-mig-"));
     const ds = join(dir, "shared-ds");
     for (const name of ["a", "b"] as const) {
-      const sup = new LocalSupervisor({ hostName: name, datastore: ds, token: TOKEN, migrationListen: { host: "127.0.0.1", port: 0 }, peers: resolver });
+      // No spare is forked after a move in (the first test sees the one left by a move out).
+      const sup = new LocalSupervisor({ hostName: name, datastore: ds, token: TOKEN, migrationListen: { host: "127.0.0.1", port: 0 }, peers: resolver, spareRefillAfterArrivalMs: 60 * 60_000 });
       await sup.init();
       const server = await serveHost({ supervisor: sup, migrations: sup, token: TOKEN, listen: "127.0.0.1:0" });
       hosts[name] = { sup, server };
@@ -179,11 +180,22 @@ void describe("migration between host agents with real guests", { timeout: 15 * 
       assert.equal(cfg.host, "b");
       assert.equal(cfg.generation, 2);
 
+      const pidOnB = hosts.b.sup.list().find((v) => v.name === "live1")?.pid;
+      assert.ok(pidOnB !== undefined);
       const r2 = await hosts.b.sup.migrate("live1", { to: "a", mode: "live", verifyRam: true });
       assert.equal(r2.ramSha256?.target, r2.ramSha256?.source);
       assert.deepEqual(whereRuns("live1"), ["a"]);
       await hb.waitMore(20);
       assert.equal(await counter("a", "live1"), 3);
+      // Host b took the VM in on its spare VM process and forked none after: the process the VM
+      // left behind on b dropped it and is b's spare now, and the next move in runs there.
+      assert.equal(hosts.b.sup.sparePid, pidOnB, "the VM process the VM left on b is b's spare");
+      const r3 = await hosts.a.sup.migrate("live1", { to: "b", mode: "live", verifyRam: true });
+      assert.equal(r3.ramSha256?.target, r3.ramSha256?.source, "target RAM differs from the source's at the pause (recycled process)");
+      assert.equal(hosts.b.sup.list().find((v) => v.name === "live1")?.pid, pidOnB, "the VM runs in the recycled process");
+      await hb.waitMore(20);
+      assert.equal(await counter("b", "live1"), 4, "kvd's counter moved with the VM into the recycled process");
+      assert.ok((await guestClockSkewS("b", "live1")) < 2, "guest clock is right in the recycled process");
       hb.assertContinuous();
     } finally {
       hb.stop();

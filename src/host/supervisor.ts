@@ -18,7 +18,7 @@ import { adoptedConfig, incomingRequestSchema, migrateRequestSchema, MigrationLi
 import { ApiError } from "./client.js";
 import { randomMac, vmCreateSchema, vmNameSchema, type VmConfig, type VmCreateRequest } from "../vm/config.js";
 import { nextState, type VmAction, type VmState } from "../vm/lifecycle.js";
-import type { VmStats } from "../vm/ipc.js";
+import type { RecycleResult, VmStats } from "../vm/ipc.js";
 import { ConsoleBuffer } from "./console.js";
 import { defaultProfile, imagePaths, TemplateStore } from "./templates.js";
 import type { ConsoleStream, ExecResult, HostEvent, Supervisor, VmInfo } from "./types.js";
@@ -27,8 +27,18 @@ import { HostNetwork, type HostNetworkOptions, type NetworkDetail, type NetworkI
 import type { ChildProcess } from "node:child_process";
 import { z } from "zod";
 
-/** After an incoming migration that took the spare VM process has ended, how long until the next one is forked. */
+/** After an incoming migration that took the spare VM process failed, how long until the next one is forked. */
 const SPARE_FORK_DELAY_MS = 500;
+/**
+ * After a VM moved in on the spare VM process: how long until the next one is forked, if none
+ * came meanwhile. A VM that moves out of this host leaves its process behind as the spare (see
+ * recycleAsSpare), so a host that VMs move in and out of forks none: forking held this host
+ * agent's event loop (and the consoles and switch ports it serves) for 8-16 ms on a 2-core VM,
+ * half a second after every move in.
+ */
+const SPARE_REFILL_AFTER_ARRIVAL_MS = 10_000;
+/** How long a VM process that was migrated away may take to drop its VM (recycle). */
+const RECYCLE_TIMEOUT_MS = 5_000;
 
 function ms(t0: number): number {
   return roundMs(performance.now() - t0);
@@ -80,6 +90,8 @@ export interface LocalSupervisorOptions {
   peers?: MigratePeerResolver;
   /** Virtual networking: underlay, VTEP remotes, networks, host access (default: none; networks in the datastore are still loaded). */
   network?: Omit<HostNetworkOptions, "dir" | "log">;
+  /** After a VM moved in on the spare VM process, fork the next one after this long if none came (default SPARE_REFILL_AFTER_ARRIVAL_MS). */
+  spareRefillAfterArrivalMs?: number;
 }
 
 /**
@@ -107,6 +119,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   private readonly token: string | undefined;
   private readonly peers: MigratePeerResolver | undefined;
   private readonly migrationListen: { host: string; port: number } | undefined;
+  private readonly spareRefillAfterArrivalMs: number;
   private migrationListener: MigrationListener | undefined;
   private migrationAddr: { host: string; port: number } | undefined;
   private readonly incoming = new Map<string, IncomingEntry>();
@@ -128,6 +141,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     this.token = opts.token;
     this.peers = opts.peers;
     this.migrationListen = opts.migrationListen;
+    this.spareRefillAfterArrivalMs = opts.spareRefillAfterArrivalMs ?? SPARE_REFILL_AFTER_ARRIVAL_MS;
     this.net = new HostNetwork({ ...opts.network, dir: this.datastore.resolvePath("networks"), log: this.log });
   }
 
@@ -178,9 +192,49 @@ export class LocalSupervisor implements Supervisor, NetworkService {
     }
   }
 
-  /** A move into this host ended: a warm spare for the next, once no other move in is under way (the last one schedules it). */
-  private spareAfterIncoming(done: IncomingEntry): void {
-    if (!this.otherMovesIn(done)) this.scheduleSpare(SPARE_FORK_DELAY_MS, true);
+  /**
+   * A move into this host ended (`arrived`: the VM runs here): a warm spare for the next, once no
+   * other move in is under way (the last one schedules it).
+   */
+  private spareAfterIncoming(done: IncomingEntry, arrived: boolean): void {
+    if (!this.otherMovesIn(done)) this.scheduleSpare(arrived ? this.spareRefillAfterArrivalMs : SPARE_FORK_DELAY_MS, true);
+  }
+
+  /** The spare VM process's pid (none: undefined). */
+  get sparePid(): number | undefined {
+    return this.spare?.pid;
+  }
+
+  /**
+   * After a VM moved out: its VM process, which dropped the VM, becomes this host's spare when
+   * there is none (see RecycleOp). True when the process was dealt with (kept or let go).
+   */
+  private async recycleAsSpare(proc: VmProcessHandle): Promise<boolean> {
+    if (this.closing || this.spare !== undefined || proc.exited) return false;
+    let result: RecycleResult;
+    try {
+      result = await proc.request<RecycleResult>({ op: "recycle" }, RECYCLE_TIMEOUT_MS);
+    } catch {
+      return false;
+    }
+    if (!result.recycled) return false;
+    if (this.closing || this.spare !== undefined || proc.exited) {
+      proc.kill();
+      await proc.waitExit(RECYCLE_TIMEOUT_MS);
+      return true;
+    }
+    const child = proc.detach();
+    child.unref();
+    child.channel?.unref();
+    child.on("error", () => undefined);
+    this.spare = child;
+    this.spareWarmed = true;
+    if (this.spareTimer !== undefined) {
+      clearTimeout(this.spareTimer);
+      this.spareTimer = undefined;
+    }
+    this.log.debug({ pid: child.pid, rssMiB: result.rssMiB, lifetimes: result.lifetimes }, "the VM process of a VM that moved out is the spare now");
+    return true;
   }
 
   /** Whether a move into this host other than `entry` is under way. */
@@ -844,9 +898,8 @@ export class LocalSupervisor implements Supervisor, NetworkService {
         const warmup = await this.incomingWarmup(entry);
         const proc = new VmProcessHandle({ ...base, ...(warmup !== undefined ? { warmup } : {}), start: { mode: "awaitState" } }, this.takeSpare({ forkNext: false }));
         entry.proc = proc;
-        const forkNext = (): void => this.spareAfterIncoming(entry);
-        proc.once("ready", forkNext);
-        proc.once("exit", forkNext);
+        proc.once("ready", () => this.spareAfterIncoming(entry, true));
+        proc.once("exit", () => this.spareAfterIncoming(entry, false));
         this.attach(rec, proc);
         this.net.attachVm(config, proc, "standby");
         proc.on("exit", () => {
@@ -877,9 +930,8 @@ export class LocalSupervisor implements Supervisor, NetworkService {
         this.takeSpare({ forkNext: false }),
       );
       entry.proc = proc;
-      const forkNext = (): void => this.spareAfterIncoming(entry);
-      proc.once("migratedIn", forkNext);
-      proc.once("exit", forkNext);
+      proc.once("migratedIn", () => this.spareAfterIncoming(entry, true));
+      proc.once("exit", () => this.spareAfterIncoming(entry, false));
       this.attach(rec, proc);
       this.net.attachVm(config, proc, "standby");
       proc.on("migratedIn", () => {
@@ -1229,7 +1281,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   private async release(rec: VmRecord, proc: VmProcessHandle, to: string, migrationId: string): Promise<void> {
     rec.gone = true;
     rec.expectingExit = true;
-    await this.hardStop(proc);
+    if (!(await this.recycleAsSpare(proc))) await this.hardStop(proc);
     this.leave(rec, to, migrationId);
   }
 

@@ -3,7 +3,7 @@ import { EventEmitter } from "node:events";
 import { fileURLToPath } from "node:url";
 import { HopError } from "../common/errors.js";
 import { VM_PROCESS_EXEC_ARGV } from "../vm/flags.js";
-import type { ChildMessage, VmInit, VmOp } from "../vm/ipc.js";
+import type { ChildMessage, RecycleOp, VmInit, VmOp } from "../vm/ipc.js";
 
 const vmMain = fileURLToPath(new URL("../vm/main.js", import.meta.url));
 
@@ -52,7 +52,7 @@ export class VmProcessHandle extends EventEmitter {
     super();
     this.child = child !== undefined && child.exitCode === null && child.signalCode === null && child.connected ? child : forkVmProcess();
     this.exitPromise = new Promise((resolve) => {
-      this.child.once("exit", (code, signal) => {
+      this.onExit = (code, signal) => {
         this.exited = true;
         for (const [, p] of this.pending) {
           clearTimeout(p.timer);
@@ -61,18 +61,44 @@ export class VmProcessHandle extends EventEmitter {
         this.pending.clear();
         resolve({ code, signal });
         this.emit("exit", code, signal);
-      });
+      };
+      this.child.once("exit", this.onExit);
     });
-    this.child.on("error", (err) => this.emit("procError", err));
-    this.child.on("message", (raw) => this.onMessage(raw as ChildMessage));
+    this.child.on("error", this.onError);
+    this.child.on("message", this.onRaw);
     this.child.send(init);
+  }
+
+  private onExit: (code: number | null, signal: NodeJS.Signals | null) => void = () => undefined;
+  private readonly onError = (err: Error): void => {
+    this.emit("procError", err);
+  };
+  private readonly onRaw = (raw: unknown): void => {
+    this.onMessage(raw as ChildMessage);
+  };
+
+  /**
+   * Lets go of the process (after a recycle: it is a spare again, see RecycleOp) and returns it:
+   * this handle then acts as one whose process exited, without an "exit" event.
+   */
+  detach(): ChildProcess {
+    this.exited = true;
+    this.child.off("error", this.onError);
+    this.child.off("message", this.onRaw);
+    this.child.off("exit", this.onExit);
+    for (const [, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new VmProcessError("VM_PROCESS_EXITED", "the VM process was let go", { status: 409 }));
+    }
+    this.pending.clear();
+    return this.child;
   }
 
   get pid(): number | undefined {
     return this.child.pid;
   }
 
-  request<T = unknown>(op: VmOp, timeoutMs = 30_000): Promise<T> {
+  request<T = unknown>(op: VmOp | RecycleOp, timeoutMs = 30_000): Promise<T> {
     if (this.exited) return Promise.reject(new VmProcessError("VM_PROCESS_EXITED", "VM process is not running", { status: 409 }));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {

@@ -100,6 +100,23 @@ export type VmOp =
    */
   | { op: "nicFence" };
 
+/**
+ * Recycle: the VM process of a VM that was migrated away drops it (engine, disk, guest agent)
+ * and waits for a VmInit again, as a spare does; answered with RecycleResult.
+ */
+export interface RecycleOp {
+  op: "recycle";
+}
+
+/** The answer to recycle: false (the process goes on as it was) when it may not be reused. */
+export interface RecycleResult {
+  recycled: boolean;
+  /** Its resident memory once the VM is dropped (MiB). */
+  rssMiB: number;
+  /** The VMs this process has now run (this one included). */
+  lifetimes: number;
+}
+
 /** The answer to migrateOut. */
 export type MigrateOutResult =
   | { ok: true; report: MigrationReport }
@@ -119,7 +136,7 @@ export interface FrameMessage {
   data: Uint8Array;
 }
 
-export type ParentMessage = VmInit | WarmMessage | SocketMessage | FrameMessage | ({ t: "req"; id: number } & VmOp);
+export type ParentMessage = VmInit | WarmMessage | SocketMessage | FrameMessage | ({ t: "req"; id: number } & (VmOp | RecycleOp));
 
 export interface VmStats {
   instructions: number;

@@ -14,7 +14,7 @@ import { GuestAgentClient } from "./agent.js";
 import { startWarmup, type Warming } from "./warmup.js";
 import { lowerPriority } from "./priority.js";
 import { ConsoleLines } from "./consolelines.js";
-import type { ChildMessage, MigrateOutResult, ParentMessage, SocketMessage, VmInit, VmOp } from "./ipc.js";
+import type { ChildMessage, MigrateOutResult, ParentMessage, RecycleResult, SocketMessage, VmInit, VmOp } from "./ipc.js";
 import { monotonicMs, roundMs } from "../common/time.js";
 
 /**
@@ -127,9 +127,11 @@ class VmProcess {
   private migratedAway = false;
   private nic: NicLink | undefined;
 
+  /** `recycled`: this process ran a VM before (see RecycleOp): its code is warm, no warm-up is needed. */
   constructor(
     private readonly init: VmInit,
     private warming: Warming | undefined,
+    private readonly recycled = false,
   ) {}
 
   /**
@@ -138,7 +140,7 @@ class VmProcess {
    */
   private async warm(needed: boolean): Promise<ArrayBuffer | undefined> {
     let w = this.warming;
-    if (w === undefined && needed && this.init.warmup !== undefined) w = startWarmup(this.init.warmup, reportWarmed, { lowPriority: false });
+    if (w === undefined && needed && !this.recycled && this.init.warmup !== undefined) w = startWarmup(this.init.warmup, reportWarmed, { lowPriority: false });
     this.warming = undefined;
     if (w === undefined) return undefined;
     if (!needed) w.abort();
@@ -505,22 +507,49 @@ class VmProcess {
     void this.exit(`fatal: ${e.message}`, 1);
   }
 
-  async exit(reason: string, code = 0): Promise<void> {
-    if (this.exiting) return;
+  /** Whether this copy was migrated away (it must never run again): its process may be recycled. */
+  get recyclable(): boolean {
+    return this.migratedAway && this.outgoing === undefined && !this.exiting;
+  }
+
+  /**
+   * Drops the VM (engine, disk, guest agent), leaving the process to take another VmInit, for
+   * a copy that was migrated away (see RecycleOp). False when it may not (it is not such a copy,
+   * or its disk did not close cleanly: the process then exits as before).
+   */
+  async recycle(): Promise<boolean> {
+    if (!this.recyclable) return false;
     this.exiting = true;
+    return await this.dropVm("migrated away");
+  }
+
+  /** Flushes the console and lets go of the engine and the disk; false if the disk did not close cleanly. */
+  private async dropVm(reason: string): Promise<boolean> {
     this.flushConsole();
     this.agent?.failAll(`VM stopped: ${reason}`);
     try {
       await this.engine?.destroy();
     } catch {
-      // the process is going away; the disk flush below is what matters
+      // the VM is going away; the disk flush below is what matters
     }
+    this.engine = undefined;
+    this.agent = undefined;
+    this.nic = undefined;
     try {
       this.disk?.close();
     } catch (err) {
       send({ t: "fatal", error: { code: "DISK_FLUSH_FAILED", message: (err as Error).message } });
-      code = 1;
+      return false;
+    } finally {
+      this.disk = undefined;
     }
+    return true;
+  }
+
+  async exit(reason: string, code = 0): Promise<void> {
+    if (this.exiting) return;
+    this.exiting = true;
+    if (!(await this.dropVm(reason))) code = 1;
     send({ t: "stopped", reason });
     process.exitCode = code;
     // Give the IPC channel a moment to deliver the last messages, then leave.
@@ -549,9 +578,25 @@ function errorPayload(err: unknown): { code: string; message: string } {
 }
 
 /** Entry point when this module runs as a forked VM process. */
+/**
+ * A VM process runs at most this many VMs one after the other (see RecycleOp): each leaves a
+ * little behind in V8's heap and code space, and a fresh process now and then bounds that.
+ */
+const MAX_LIFETIMES = 8;
+
 export function runVmProcess(): void {
   let vm: VmProcess | undefined;
   let warming: Warming | undefined;
+  let lifetimes = 0;
+  const recycle = async (current: VmProcess | undefined): Promise<RecycleResult> => {
+    const recycled = current !== undefined && lifetimes < MAX_LIFETIMES && (await current.recycle());
+    if (recycled) {
+      vm = undefined;
+      // The VM's memory (its engine's ~300 MiB of wasm memory) goes now, not at some later GC.
+      (globalThis as { gc?: () => void }).gc?.();
+    }
+    return { recycled, rssMiB: Math.round(process.memoryUsage().rss / (1024 * 1024)), lifetimes };
+  };
   process.on("message", (raw, handle) => {
     const msg = raw as ParentMessage;
     if (msg.t === "warm") {
@@ -570,7 +615,8 @@ export function runVmProcess(): void {
     }
     if (msg.t === "init") {
       if (vm !== undefined) return;
-      const instance = new VmProcess(msg, warming);
+      lifetimes++;
+      const instance = new VmProcess(msg, warming, lifetimes > 1);
       warming = undefined;
       vm = instance;
       instance.start().then(
@@ -583,6 +629,13 @@ export function runVmProcess(): void {
       return;
     }
     const current = vm;
+    if (msg.op === "recycle") {
+      recycle(current).then(
+        (result) => send({ t: "res", id: msg.id, ok: true, result }),
+        (err: unknown) => send({ t: "res", id: msg.id, ok: false, error: errorPayload(err) }),
+      );
+      return;
+    }
     if (current === undefined) {
       send({ t: "res", id: msg.id, ok: false, error: { code: "VM_NOT_READY", message: "VM process has no VM yet" } });
       return;
