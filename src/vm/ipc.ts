@@ -101,8 +101,10 @@ export type VmOp =
   | { op: "nicFence" };
 
 /**
- * Recycle: the VM process of a VM that was migrated away drops it (engine, disk, guest agent)
- * and waits for a VmInit again, as a spare does; answered with RecycleResult.
+ * Recycle: the VM process of a VM that moved to another host (live, or quick: paused, its state
+ * saved and running there) drops it (engine, disk, guest agent) and waits for a VmInit again,
+ * as a spare does; answered with RecycleResult. The host agent asks only once the VM runs on
+ * the target.
  */
 export interface RecycleOp {
   op: "recycle";

@@ -507,15 +507,19 @@ class VmProcess {
     void this.exit(`fatal: ${e.message}`, 1);
   }
 
-  /** Whether this copy was migrated away (it must never run again): its process may be recycled. */
+  /**
+   * Whether the process may drop this VM and take another: the VM was migrated away live (it
+   * must never run again), or it is paused (a quick migration's source, after its state was
+   * saved and the target runs it: the host agent asks only then).
+   */
   get recyclable(): boolean {
-    return this.migratedAway && this.outgoing === undefined && !this.exiting;
+    return this.outgoing === undefined && !this.exiting && (this.migratedAway || (this.engine !== undefined && !this.engine.running));
   }
 
   /**
    * Drops the VM (engine, disk, guest agent), leaving the process to take another VmInit, for
-   * a copy that was migrated away (see RecycleOp). False when it may not (it is not such a copy,
-   * or its disk did not close cleanly: the process then exits as before).
+   * a copy that moved away (see RecycleOp, recyclable). False when it may not (it is not such a
+   * copy, or its disk did not close cleanly: the process then exits as before).
    */
   async recycle(): Promise<boolean> {
     if (!this.recyclable) return false;
