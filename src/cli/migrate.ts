@@ -11,7 +11,7 @@ import { HopError } from "../common/errors.js";
 import type { ClusterMigrateRequest } from "../cluster/api-types.js";
 import { parseClusterEvent, type ManagerClient } from "../cluster/client.js";
 import { parseHostEvent, waitOpen, type HostClient } from "../host/client.js";
-import type { MigrationProgress, MigrationReport } from "../migration/index.js";
+import { LIVE_DEFAULTS, type MigrationProgress, type MigrationReport } from "../migration/index.js";
 import { connect, connectAny, intOption, output, withHostOptions, type HostOptions } from "./common.js";
 import { formatMs, keyValues, table } from "./format.js";
 import { taskStarted } from "./task.js";
@@ -177,7 +177,7 @@ export function register(vm: Command): void {
       .argument("<name>")
       .option("--to <host>", "target host: on a cluster manager a host name (default: the manager picks one); on a host agent (required) a name given with --peer, or its URL")
       .addOption(new Option("--mode <mode>", "live | quick | cold").choices(["live", "quick", "cold"]).default("live"))
-      .option("--downtime-target <ms>", "live: the pause to aim for (default 30)", intOption(1, 60_000))
+      .option("--downtime-target <ms>", `live: the pause to aim for (default ${LIVE_DEFAULTS.downtimeTargetMs})`, intOption(1, 60_000))
       .option("--bandwidth <bytes/s>", "live: limit page traffic, e.g. 125M (1 Gbit/s)", parseBandwidth)
       .option("--lz4", "live: LZ4-compress pages (pays on slow links)")
       .option("--no-wait", "cluster manager: answer with the task at once instead of the report"),
