@@ -78,19 +78,15 @@ export class VmProcessHandle extends EventEmitter {
   };
 
   /**
-   * Lets go of the process (after a recycle: it is a spare again, see RecycleOp) and returns it:
-   * this handle then acts as one whose process exited, without an "exit" event.
+   * Lets go of the process (after a recycle: it is a spare again, see RecycleOp) and returns it.
+   * For everything that holds this handle (the VM's switch port, its record) the VM's process
+   * ended cleanly: "exit" is emitted with code 0.
    */
   detach(): ChildProcess {
-    this.exited = true;
     this.child.off("error", this.onError);
     this.child.off("message", this.onRaw);
     this.child.off("exit", this.onExit);
-    for (const [, p] of this.pending) {
-      clearTimeout(p.timer);
-      p.reject(new VmProcessError("VM_PROCESS_EXITED", "the VM process was let go", { status: 409 }));
-    }
-    this.pending.clear();
+    if (!this.exited) this.onExit(0, null);
     return this.child;
   }
 
