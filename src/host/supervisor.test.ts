@@ -7,7 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { LocalSupervisor } from "./supervisor.js";
+import { LocalSupervisor, spareRefillDelayMs } from "./supervisor.js";
 import { serveHost } from "./server.js";
 import { expectCode, waitFor } from "../common/testing.js";
 
@@ -187,4 +187,13 @@ void describe("LocalSupervisor with real guests", { timeout: 10 * 60_000 }, () =
     assert.equal(r.stdout, "persisted-42\n");
     await sup.shutdown("db1", { timeoutMs: 20_000 });
   });
+});
+
+void test("the next spare after a move in: late while VMs also leave (their processes become spares), soon while they only arrive", () => {
+  // The first move in, and a move in after a VM left: late.
+  assert.equal(spareRefillDelayMs(-Infinity, -Infinity, 10_000), 10_000);
+  assert.equal(spareRefillDelayMs(1_000, 2_000, 10_000), 10_000);
+  // A second move in with no move out since the first (an evacuation): soon.
+  assert.equal(spareRefillDelayMs(2_000, 1_000, 10_000), 500);
+  assert.equal(spareRefillDelayMs(2_000, -Infinity, 10_000), 500);
 });

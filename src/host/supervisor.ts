@@ -40,6 +40,17 @@ const SPARE_REFILL_AFTER_ARRIVAL_MS = 10_000;
 /** How long a VM process that was migrated away may take to drop its VM (recycle). */
 const RECYCLE_TIMEOUT_MS = 5_000;
 
+/**
+ * How long after a VM moved in to fork the next spare VM process, if none has come by then.
+ * Late (`lateMs`) when this host has sent a VM away since the move in before this one: VMs go
+ * both ways, and one that leaves gives its process as the spare (see recycleAsSpare). Soon
+ * (SPARE_FORK_DELAY_MS) when VMs only arrive, one after another, as in an evacuation: the next
+ * move in would otherwise fork and warm its own process.
+ */
+export function spareRefillDelayMs(previousMoveInAt: number, lastMoveOutAt: number, lateMs: number): number {
+  return previousMoveInAt > lastMoveOutAt ? SPARE_FORK_DELAY_MS : lateMs;
+}
+
 function ms(t0: number): number {
   return roundMs(performance.now() - t0);
 }
@@ -90,7 +101,7 @@ export interface LocalSupervisorOptions {
   peers?: MigratePeerResolver;
   /** Virtual networking: underlay, VTEP remotes, networks, host access (default: none; networks in the datastore are still loaded). */
   network?: Omit<HostNetworkOptions, "dir" | "log">;
-  /** After a VM moved in on the spare VM process, fork the next one after this long if none came (default SPARE_REFILL_AFTER_ARRIVAL_MS). */
+  /** After a VM moved in on the spare VM process, fork the next one after this long if none came, unless VMs only arrive (default SPARE_REFILL_AFTER_ARRIVAL_MS; see spareRefillDelayMs). */
   spareRefillAfterArrivalMs?: number;
 }
 
@@ -120,6 +131,9 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   private readonly peers: MigratePeerResolver | undefined;
   private readonly migrationListen: { host: string; port: number } | undefined;
   private readonly spareRefillAfterArrivalMs: number;
+  /** When a VM last arrived here, and last left (performance.now(); see spareRefillDelayMs). */
+  private lastMoveInAt = -Infinity;
+  private lastMoveOutAt = -Infinity;
   private migrationListener: MigrationListener | undefined;
   private migrationAddr: { host: string; port: number } | undefined;
   private readonly incoming = new Map<string, IncomingEntry>();
@@ -197,7 +211,9 @@ export class LocalSupervisor implements Supervisor, NetworkService {
    * other move in is under way (the last one schedules it).
    */
   private spareAfterIncoming(done: IncomingEntry, arrived: boolean): void {
-    if (!this.otherMovesIn(done)) this.scheduleSpare(arrived ? this.spareRefillAfterArrivalMs : SPARE_FORK_DELAY_MS, true);
+    const previousMoveInAt = this.lastMoveInAt;
+    if (arrived) this.lastMoveInAt = performance.now();
+    if (!this.otherMovesIn(done)) this.scheduleSpare(arrived ? spareRefillDelayMs(previousMoveInAt, this.lastMoveOutAt, this.spareRefillAfterArrivalMs) : SPARE_FORK_DELAY_MS, true);
   }
 
   /** The spare VM process's pid (none: undefined). */
@@ -1281,6 +1297,7 @@ export class LocalSupervisor implements Supervisor, NetworkService {
   private async release(rec: VmRecord, proc: VmProcessHandle, to: string, migrationId: string): Promise<void> {
     rec.gone = true;
     rec.expectingExit = true;
+    this.lastMoveOutAt = performance.now();
     if (!(await this.recycleAsSpare(proc))) await this.hardStop(proc);
     this.leave(rec, to, migrationId);
   }
