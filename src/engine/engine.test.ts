@@ -33,18 +33,27 @@ async function withTwoEngines(fn: (a: Engine, b: Engine, template: { state: Arra
   }
 }
 
-async function guestSkewS(agent: GuestAgentClient): Promise<number> {
-  const r = await agent.exec("date +%s", 10_000);
-  return Number(r.stdout.trim()) - Date.now() / 1000;
-}
-
-void test("the JIT gate: a guest restored idle compiles nothing; a busy guest compiles, without growing wasm memory", async () => {
+/** Runs `fn` with an engine running the 128 MiB template's guest (and its agent client), destroyed afterwards. */
+async function withRunningGuest(fn: (e: Engine, agent: GuestAgentClient) => Promise<void>): Promise<void> {
   const template = await template128();
   const e = await Engine.create(template.opts);
   try {
     await e.restoreState(template.state);
     const agent = GuestAgentClient.on(e);
     await e.run();
+    await fn(e, agent);
+  } finally {
+    await e.destroy();
+  }
+}
+
+async function guestSkewS(agent: GuestAgentClient): Promise<number> {
+  const r = await agent.exec("date +%s", 10_000);
+  return Number(r.stdout.trim()) - Date.now() / 1000;
+}
+
+void test("the JIT gate: a guest restored idle compiles nothing; a busy guest compiles, without growing wasm memory", () =>
+  withRunningGuest(async (e, agent) => {
     await sleep(2_500);
     assert.equal(e.jitCompiles(), 0, "an idle guest compiled code");
     const before = e.wasmMemoryBytes();
@@ -54,10 +63,7 @@ void test("the JIT gate: a guest restored idle compiles nothing; a busy guest co
     assert.ok(e.jitCompiles() > 50, `a busy guest compiles its hot code (${e.jitCompiles()} modules)`);
     // Each grow of wasm memory would start a major GC in the VM process (see watchJitCompiles).
     assert.equal(e.wasmMemoryBytes(), before, `the JIT's ${e.jitCompiles()} modules grew wasm memory by ${e.wasmMemoryBytes() - before} bytes`);
-  } finally {
-    await e.destroy();
-  }
-});
+  }));
 
 void test("a guest restored in another engine after a pause keeps the wall-clock time (continueTsc counts the pause), and its JIT stays quiet while it idles", () =>
   withTwoEngines(async (a, b, template) => {
@@ -100,13 +106,8 @@ void test("a guest restored in another engine after a pause keeps the wall-clock
     assert.equal(b.jitCompiles() - compiled, 0, `the restored guest compiled code while it idled (${compiled} modules before, while it ran the execs)`);
   }));
 
-void test("whenQuiet: a guest that reports now and then is caught halted right after a line; a busy or a silent guest is not waited for", async () => {
-  const template = await template128();
-  const e = await Engine.create(template.opts);
-  try {
-    await e.restoreState(template.state);
-    const agent = GuestAgentClient.on(e);
-    await e.run();
+void test("whenQuiet: a guest that reports now and then is caught halted right after a line; a busy or a silent guest is not waited for", () =>
+  withRunningGuest(async (e, agent) => {
     await agent.waitReady(10_000);
     let lines = 0;
     e.onSerialByte(0, (byte) => {
@@ -132,10 +133,7 @@ void test("whenQuiet: a guest that reports now and then is caught halted right a
     // Paused: nothing to wait for.
     await e.pause();
     assert.equal(await e.whenQuiet(60_000), false);
-  } finally {
-    await e.destroy();
-  }
-});
+  }));
 
 /** Pages whose 4 KiB differ between `ram` and `shadow`; `shadow` takes the new content. */
 function changedPages(ram: Uint8Array, shadow: Buffer): number[] {

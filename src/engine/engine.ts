@@ -68,13 +68,13 @@ export function toArrayBuffer(b: Uint8Array): ArrayBuffer {
   return b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
 }
 
+/** whenQuiet: a guest that has not halted for this long is busy (it has no quiet moment). */
+const QUIET_BUSY_AFTER_MS = 20;
+
 /**
  * A typed facade over one v86 emulator instance: power (run/pause), state with and without
  * RAM, a raw RAM view, serial ports and the NIC.
  */
-/** whenQuiet: a guest that has not halted for this long is busy (it has no quiet moment). */
-const QUIET_BUSY_AFTER_MS = 20;
-
 export class Engine {
   readonly memoryBytes: number;
   private readonly emu: V86Emulator;
@@ -177,7 +177,7 @@ export class Engine {
   /**
    * Resolves at a quiet moment to stop the guest at: the first time it halts after it next sent
    * output (a byte on a serial port or an Ethernet frame), or at once when it is stopped or busy
-   * (it has not halted in the last BUSY_AFTER_MS: it has no such moment), or after `maxWaitMs`.
+   * (it has not halted in the last QUIET_BUSY_AFTER_MS: it has no such moment), or after `maxWaitMs`.
    * A guest that answers or reports now and then is then paused in the time it would have been
    * silent anyway. Resolves true at such a moment, false otherwise.
    */

@@ -581,13 +581,13 @@ function errorPayload(err: unknown): { code: string; message: string } {
   return { code: "VM_PROCESS_ERROR", message: (err as Error)?.message ?? String(err) };
 }
 
-/** Entry point when this module runs as a forked VM process. */
 /**
  * A VM process runs at most this many VMs one after the other (see RecycleOp): each leaves a
  * little behind in V8's heap and code space, and a fresh process now and then bounds that.
  */
 const MAX_LIFETIMES = 8;
 
+/** Entry point when this module runs as a forked VM process. */
 export function runVmProcess(): void {
   let vm: VmProcess | undefined;
   let warming: Warming | undefined;
