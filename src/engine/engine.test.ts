@@ -106,26 +106,60 @@ void test("a guest restored in another engine after a pause keeps the wall-clock
     assert.equal(b.jitCompiles() - compiled, 0, `the restored guest compiled code while it idled (${compiled} modules before, while it ran the execs)`);
   }));
 
-void test("whenQuiet: a guest that reports now and then is caught halted right after a line; a busy or a silent guest is not waited for", () =>
+/** Whether `p` settles within `ms` (a guard against a wait that never ends, not a measurement). */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const out = await Promise.race([p.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
+  clearTimeout(timer);
+  return out;
+}
+
+void test("whenQuiet and whenHalted: a guest that reports now and then is caught halted right after its output; a busy or a silent guest is not waited for", () =>
   withRunningGuest(async (e, agent) => {
     await agent.waitReady(10_000);
-    let lines = 0;
-    e.onSerialByte(0, (byte) => {
-      if (byte === 0x0a) lines++;
+    // Output as whenQuiet sees it: bytes on any serial port (the guest agent talks on port 1)
+    // and frames; bytes, not lines, as the guest may halt between the bytes of a line.
+    let sent = 0;
+    for (const port of [0, 1, 2, 3]) {
+      e.onSerialByte(port, () => {
+        sent++;
+      });
+    }
+    e.onFrame(() => {
+      sent++;
     });
     assert.equal((await agent.exec("hb -i 100 > /dev/ttyS0 2>&1 &", 10_000)).exitCode, 0);
     await sleep(500);
     for (let i = 0; i < 3; i++) {
-      const before = lines;
+      const before = sent;
       assert.equal(await e.whenQuiet(1_000), true, "a heartbeat every 100 ms gives a quiet moment within 1 s");
-      assert.ok(lines > before, "the quiet moment comes after the guest's next line");
+      assert.ok(sent > before, "the quiet moment comes after the guest's next output");
       assert.equal(e.halted, true, "the guest is halted at the quiet moment");
       assert.equal(e.running, true);
+    }
+    // whenHalted, asked while the guest is sending a line (running): resolves once it has halted.
+    for (let i = 0; i < 5; i++) {
+      let asked = false;
+      let runningWhenAsked = false;
+      let halted: Promise<void> | undefined;
+      const off = e.onSerialByte(0, () => {
+        if (asked) return;
+        asked = true;
+        runningWhenAsked = !e.halted;
+        halted = e.whenHalted(60_000);
+      });
+      while (halted === undefined) await sleep(5);
+      await halted;
+      off();
+      assert.equal(runningWhenAsked, true, "the guest runs while it sends a byte");
+      assert.equal(e.halted, true, "whenHalted resolves with the guest halted");
     }
     // Busy: a shell loop keeps the CPU; the guest has not halted lately, so there is no wait.
     assert.equal((await agent.exec("(while :; do :; done) > /dev/null 2>&1 & echo $! > /tmp/busy", 10_000)).exitCode, 0);
     await sleep(300);
     assert.equal(await e.whenQuiet(60_000), false, "a busy guest has no quiet moment to wait for");
+    assert.equal(await settlesWithin(e.whenHalted(60_000), 10_000), true, "a busy guest is not waited for to halt");
+    assert.equal(e.halted, false, "the busy guest runs on");
     assert.equal((await agent.exec("kill $(cat /tmp/busy); killall hb", 10_000)).exitCode, 0);
     // Silent: the guest halts but sends nothing, so the wait runs out.
     await sleep(300);
@@ -133,6 +167,7 @@ void test("whenQuiet: a guest that reports now and then is caught halted right a
     // Paused: nothing to wait for.
     await e.pause();
     assert.equal(await e.whenQuiet(60_000), false);
+    assert.equal(await settlesWithin(e.whenHalted(60_000), 10_000), true, "a paused guest is not waited for");
   }));
 
 /** Pages whose 4 KiB differ between `ram` and `shadow`; `shadow` takes the new content. */

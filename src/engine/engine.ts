@@ -207,6 +207,26 @@ export class Engine {
     });
   }
 
+  /**
+   * Resolves once the guest has finished what it is doing: at once when it is halted, stopped
+   * or busy (it has not halted in the last QUIET_BUSY_AFTER_MS), else at its next halt or after
+   * `maxWaitMs`. Work that shares this thread with the guest (a migration's slices) lets an
+   * idle guest's short bursts (a timer tick, a line of output) run to their end this way.
+   */
+  async whenHalted(maxWaitMs: number): Promise<void> {
+    if (!this.emu.is_running() || this.halted || monotonicMs() - this.idle.lastHaltAt() > QUIET_BUSY_AFTER_MS) return;
+    await new Promise<void>((resolve) => {
+      const cancel = this.idle.onNextHalt(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      const timer = setTimeout(() => {
+        cancel();
+        resolve();
+      }, maxWaitMs);
+    });
+  }
+
   /** Whether the guest is halted (HLT) now, waiting for its next timer event or interrupt. */
   get halted(): boolean {
     return this.idle.wakeAt() !== undefined;

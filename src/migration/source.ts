@@ -51,6 +51,14 @@ export const LIVE_DEFAULTS = { downtimeTargetMs: 30, maxRounds: 30, sliceBytes: 
 const QUIET_STOP_MAX_WAIT_MS = 25;
 
 /**
+ * Between its slices the pre-copy lets a guest that has woken up finish what it is doing, up to
+ * this long (Migratable.whenHalted), before the next slice. An idle guest's bursts (a timer
+ * tick, a line of output: ~1 ms) otherwise alternated with slices of ~1 ms each and took
+ * several times as long, a heartbeat line up to ~10 ms late. A busy guest is not waited for.
+ */
+const GUEST_BURST_MAX_WAIT_MS = 4;
+
+/**
  * Round 0 reads RAM in slices this big, the guest running in between. Its non-zero pages cost
  * 2-10 us each (zero check, shadow copy, batching, the socket write), and the guest waits for
  * a slice to end: at 4 MiB, slices of 3-14 ms held an idle guest's heartbeat up to ~35 ms.
@@ -251,7 +259,10 @@ export class LiveMigrationSource {
           : Promise.resolve(undefined);
       const firstPassLoaded = area !== undefined && opts.lz4 !== true ? WasmFirstPass.create(area.memory, area.offset + layout.firstPassScratchAt, ROUND0_SLICE_PAGES, ROUND0_PAYLOAD_BYTES, cacheDir).catch(() => undefined) : Promise.resolve(undefined);
       const early = new DirtyTracker(localPages, PAGE_SIZE, area !== undefined ? { shadow: () => new Uint8Array(area.memory.buffer, area.offset, shadowBytes) } : { zeroed: false });
-      const yieldToGuest = (): Promise<void> => new Promise<void>((r) => setImmediate(r));
+      const yieldToGuest = async (): Promise<void> => {
+        await new Promise<void>((r) => setImmediate(r));
+        await this.vm.whenHalted?.(GUEST_BURST_MAX_WAIT_MS);
+      };
       // Then the encoders' scratch beyond the shadow (round 0's payloads are assembled there:
       // untouched, its first slices took 3-7 ms instead of ~1, faulting it in).
       const prefaulted = early.prefault({ sliceBytes: PREFAULT_SLICE_BYTES, yieldFn: yieldToGuest }).then(async () => {
@@ -300,7 +311,7 @@ export class LiveMigrationSource {
           if (ahead > 0) await sleep(ahead);
         }
         const g0 = monotonicMs();
-        await new Promise<void>((r) => setImmediate(r));
+        await yieldToGuest();
         guestMs += monotonicMs() - g0;
         this.check();
       };

@@ -74,4 +74,9 @@ export interface Migratable extends Pausable, Snapshottable, Clocked {
    * pre-copy ends.
    */
   whenQuiet?(maxWaitMs: number): Promise<boolean>;
+  /**
+   * Resolves when the guest is halted, stopped or busy, or at its next halt, or after
+   * `maxWaitMs`. Absent: the pre-copy's slices alternate with the guest's own turns.
+   */
+  whenHalted?(maxWaitMs: number): Promise<void>;
 }
