@@ -25,6 +25,15 @@ import { monotonicMs, roundMs } from "../common/time.js";
  */
 const PREPARE_NICE = 19;
 const INCOMING_NICE = 5;
+/**
+ * Once its VM has moved away live, a VM process runs at this nice value until it gets its next
+ * VM (as a recycled spare): what it still does (the report, dropping the VM, the collection
+ * after) must not take the CPU from the guest that has just resumed elsewhere, maybe on this
+ * very host. Only where the priority can be put back (see lowerPriority).
+ */
+const MOVED_AWAY_NICE = 19;
+/** Set while this process's VM has moved away: puts its threads' priority back. */
+let normalAfterMoveOut: (() => void) | undefined;
 
 const READY_MARKER = "HOPVISOR-READY";
 const POWER_DOWN_MARKERS = ["reboot: Power down", "reboot: System halted", "reboot: Restarting system"];
@@ -407,6 +416,7 @@ class VmProcess {
           const out = await source.run();
           if (out.kind === "done") {
             this.migratedAway = true;
+            normalAfterMoveOut ??= lowerPriority(MOVED_AWAY_NICE);
             return { ok: true, report: out.report } satisfies MigrateOutResult;
           }
           if (out.sourceMayResume && this.nic !== undefined) this.nic.bouncing = false;
@@ -586,25 +596,45 @@ function errorPayload(err: unknown): { code: string; message: string } {
  * little behind in V8's heap and code space, and a fresh process now and then bounds that.
  */
 const MAX_LIFETIMES = 8;
+/**
+ * A process that gave its VM up collects that VM's memory (its engine's ~300 MiB of wasm
+ * memory) this long after, or at once when a VM or a warm-up comes first. Right after a move
+ * out, the VM has just resumed in another process, maybe on these very CPUs, and the agents
+ * finish the switchover: a full collection then (12-30 ms of CPU, and V8's GC thread beside it)
+ * took the CPU from them, and the guest's first heartbeats after the move came up to ~20 ms late.
+ */
+const RECYCLE_GC_DELAY_MS = 1_500;
 
 /** Entry point when this module runs as a forked VM process. */
 export function runVmProcess(): void {
   let vm: VmProcess | undefined;
   let warming: Warming | undefined;
   let lifetimes = 0;
+  let collectTimer: NodeJS.Timeout | undefined;
+  /** Collects a dropped VM's memory now, if that is still to be done. */
+  const collectDropped = (): void => {
+    if (collectTimer === undefined) return;
+    clearTimeout(collectTimer);
+    collectTimer = undefined;
+    (globalThis as { gc?: () => void }).gc?.();
+  };
   const recycle = async (current: VmProcess | undefined): Promise<RecycleResult> => {
     const recycled = current !== undefined && lifetimes < MAX_LIFETIMES && (await current.recycle());
     if (recycled) {
       vm = undefined;
-      // The VM's memory (its engine's ~300 MiB of wasm memory) goes now, not at some later GC.
-      (globalThis as { gc?: () => void }).gc?.();
+      // The VM's memory goes at a collection of its own (without V8's memory reducer, nothing
+      // else might collect it for a long while), a little later: see RECYCLE_GC_DELAY_MS.
+      collectTimer = setTimeout(collectDropped, RECYCLE_GC_DELAY_MS);
     }
     return { recycled, rssMiB: Math.round(process.memoryUsage().rss / (1024 * 1024)), lifetimes };
   };
   process.on("message", (raw, handle) => {
     const msg = raw as ParentMessage;
     if (msg.t === "warm") {
-      if (vm === undefined && warming === undefined) warming = startWarmup(msg.spec, reportWarmed, { lowPriority: true });
+      if (vm === undefined && warming === undefined) {
+        collectDropped();
+        warming = startWarmup(msg.spec, reportWarmed, { lowPriority: true });
+      }
       return;
     }
     if (msg.t === "socket") {
@@ -619,6 +649,10 @@ export function runVmProcess(): void {
     }
     if (msg.t === "init") {
       if (vm !== undefined) return;
+      collectDropped();
+      // (Before the new VM's start() may lower the priority again, remembering it as normal.)
+      normalAfterMoveOut?.();
+      normalAfterMoveOut = undefined;
       lifetimes++;
       const instance = new VmProcess(msg, warming, lifetimes > 1);
       warming = undefined;
@@ -627,7 +661,12 @@ export function runVmProcess(): void {
         // What starting left behind (a saved state read and copied: ~50 MB for a 128 MiB guest,
         // unreachable only now that start() has returned) is collected at once: without V8's
         // memory reducer, and with a heap that hardly grows, nothing else might for a long while.
-        () => setImmediate(() => (globalThis as { gc?: () => void }).gc?.()),
+        // Not for a VM arriving live: its start() returns once it is ready for round 0, having
+        // read nothing, and a full collection (15-50 ms) then took the CPU from the guest still
+        // running at the source.
+        () => {
+          if (msg.start.mode !== "incoming") setImmediate(() => (globalThis as { gc?: () => void }).gc?.());
+        },
         (err: unknown) => instance.fatal(err),
       );
       return;
