@@ -8,6 +8,7 @@
  * With --qemu it runs the same cases under QEMU (Debian's qemu-system-x86, TCG, same kernel and
  * initramfs; installed by scripts/install-qemu.sh when missing) and prints both side by side.
  *   node dist/benchmarks/migration.js [--runs N] [--qemu] [--cases live-idle,quick-idle]
+ * (It runs itself again with the host agent's V8 flags, src/host/flags.ts, if started without.)
  */
 import { spawnSync } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -16,12 +17,21 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { packageRoot } from "../src/common/paths.js";
 import { HttpMigrationPeer } from "../src/host/client.js";
+import { missingAgentFlags } from "../src/host/flags.js";
 import { serveHost, type HostServerHandle } from "../src/host/server.js";
 import { LocalSupervisor } from "../src/host/supervisor.js";
 import type { MigrationReport } from "../src/migration/index.js";
 import { qemuAvailable, runQemuMigrationCases, type QemuCaseResult } from "./qemu.js";
 import { report, summarize, type Metric } from "./report.js";
 import { setTimeout as sleep } from "node:timers/promises";
+
+// The two host agents run in this process: with the V8 flags a host agent runs with (see
+// src/host/flags.ts), or this benchmark runs itself again with them.
+const missingFlags = missingAgentFlags();
+if (missingFlags.length > 0) {
+  const again = spawnSync(process.execPath, [...missingFlags, ...process.execArgv, ...process.argv.slice(1)], { stdio: "inherit" });
+  process.exit(again.status ?? 1);
+}
 
 type CaseName = QemuCaseResult["name"];
 const CASES: Record<CaseName, { mode: "live" | "quick"; dirtyMiB: number }> = {

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { HopError } from "../common/errors.js";
 import { packageRoot } from "../common/paths.js";
+import { AGENT_NODE_FLAGS } from "./flags.js";
 
 export interface AgentOptions {
   name: string;
@@ -67,7 +68,7 @@ export function startAgent(o: AgentOptions): Promise<AgentProcess> {
   for (const n of o.hostAccess ?? []) args.push("--host-access", n);
   if (o.manager !== undefined) args.push("--manager", o.manager);
   if (o.capacityMiB !== undefined) args.push("--capacity-mib", String(o.capacityMiB));
-  const argv = [process.execPath, ...args];
+  const argv = [process.execPath, ...AGENT_NODE_FLAGS, ...args];
   const opts: SpawnOptions = {
     stdio: ["ignore", "pipe", "pipe"],
     ...(o.detached === true ? { detached: true } : {}),
@@ -128,7 +129,7 @@ export function spawnHopDetached(args: readonly string[], logFile: string, env: 
   const fd = openSync(logFile, "a", 0o600);
   try {
     writeSync(fd, `--- ${new Date().toISOString()} hop ${args.join(" ")}\n`);
-    const child = spawnChild(process.execPath, [hopScript(), ...args], { stdio: ["ignore", fd, fd], detached: true, env });
+    const child = spawnChild(process.execPath, [...AGENT_NODE_FLAGS, hopScript(), ...args], { stdio: ["ignore", fd, fd], detached: true, env });
     child.on("error", () => undefined);
     return child;
   } finally {
