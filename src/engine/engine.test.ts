@@ -114,7 +114,7 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
   return out;
 }
 
-void test("whenQuiet and whenHalted: a guest that reports now and then is caught halted right after its output; a busy or a silent guest is not waited for", () =>
+void test("whenQuiet and whenHalted: a guest that reports now and then is caught halted right after its output, a busy one that reports right after its output; a busy, silent one is not waited for", () =>
   withRunningGuest(async (e, agent) => {
     await agent.waitReady(10_000);
     // Output as whenQuiet sees it: bytes on any serial port (the guest agent talks on port 1)
@@ -154,12 +154,30 @@ void test("whenQuiet and whenHalted: a guest that reports now and then is caught
       assert.equal(runningWhenAsked, true, "the guest runs while it sends a byte");
       assert.equal(e.halted, true, "whenHalted resolves with the guest halted");
     }
-    // Busy: a shell loop keeps the CPU; the guest has not halted lately, so there is no wait.
-    assert.equal((await agent.exec("(while :; do :; done) > /dev/null 2>&1 & echo $! > /tmp/busy", 10_000)).exitCode, 0);
+    // Busy and silent: a shell loop keeps the CPU and nothing is sent: no wait at all.
+    assert.equal((await agent.exec("killall hb; (while :; do :; done) > /dev/null 2>&1 & echo $! > /tmp/busy", 10_000)).exitCode, 0);
     await sleep(300);
-    assert.equal(await e.whenQuiet(60_000), false, "a busy guest has no quiet moment to wait for");
+    const silentBusy = e.whenQuiet(60_000);
+    assert.equal(await settlesWithin(silentBusy, 10_000), true, "a busy, silent guest is not waited for");
+    assert.equal(await silentBusy, false, "a busy, silent guest has no quiet moment");
     assert.equal(await settlesWithin(e.whenHalted(60_000), 10_000), true, "a busy guest is not waited for to halt");
     assert.equal(e.halted, false, "the busy guest runs on");
+    // Busy and talking (a line every ~10 ms): caught right after a line when one is due soon.
+    assert.equal((await agent.exec("hb -i 10 > /dev/ttyS0 2>&1 &", 10_000)).exitCode, 0);
+    await sleep(300);
+    let caught = 0;
+    for (let i = 0; i < 20; i++) {
+      const before = sent;
+      const q = e.whenQuiet(60_000);
+      assert.equal(await settlesWithin(q, 10_000), true, "a busy guest is waited for briefly, if at all");
+      if (await q) {
+        caught++;
+        assert.ok(sent > before, "a busy guest's moment comes right after its output");
+        assert.equal(e.halted, false, "a busy guest is caught running");
+      }
+      await sleep(7);
+    }
+    assert.ok(caught > 0, "a busy guest printing every ~10 ms is caught after a line at least once in 20 tries");
     assert.equal((await agent.exec("kill $(cat /tmp/busy); killall hb", 10_000)).exitCode, 0);
     // Silent: the guest halts but sends nothing, so the wait runs out.
     await sleep(300);

@@ -70,6 +70,14 @@ export function toArrayBuffer(b: Uint8Array): ArrayBuffer {
 
 /** whenQuiet: a guest that has not halted for this long is busy (it has no quiet moment). */
 const QUIET_BUSY_AFTER_MS = 20;
+/**
+ * whenQuiet, busy guest: one that sent output within the last BUSY_TALKS_WITHIN_MS, but not in
+ * the last BUSY_SPOKE_RECENTLY_MS, is waited for until its next output (at most
+ * BUSY_OUTPUT_MAX_WAIT_MS); any other busy guest is not waited for.
+ */
+const BUSY_TALKS_WITHIN_MS = 100;
+const BUSY_SPOKE_RECENTLY_MS = 6;
+const BUSY_OUTPUT_MAX_WAIT_MS = 8;
 
 /**
  * A typed facade over one v86 emulator instance: power (run/pause), state with and without
@@ -97,7 +105,15 @@ export class Engine {
     this.dirtyLog = dirtyLog;
     const regions = vgaRegions(cpu);
     this.deviceMemory = regions !== undefined ? { regions, saveStateWithoutMemory: () => withoutVgaMemory(cpu, () => this.saveStateWithoutRam()) } : undefined;
+    const spoke = (): void => {
+      this.lastOutputAt = monotonicMs();
+    };
+    for (const port of [0, 1, 2, 3]) this.onSerialByte(port, spoke);
+    this.onFrame(spoke);
   }
+
+  /** When the guest last sent output (a serial byte or a frame; monotonicMs). */
+  private lastOutputAt = -Infinity;
 
   /** Creates the emulator, loaded but not running. */
   static async create(options: EngineOptions): Promise<Engine> {
@@ -176,13 +192,22 @@ export class Engine {
 
   /**
    * Resolves at a quiet moment to stop the guest at: the first time it halts after it next sent
-   * output (a byte on a serial port or an Ethernet frame), or at once when it is stopped or busy
-   * (it has not halted in the last QUIET_BUSY_AFTER_MS: it has no such moment), or after `maxWaitMs`.
-   * A guest that answers or reports now and then is then paused in the time it would have been
-   * silent anyway. Resolves true at such a moment, false otherwise.
+   * output (a byte on a serial port or an Ethernet frame), at once when it is stopped, or after
+   * `maxWaitMs`. A guest that answers or reports now and then is then paused in the time it
+   * would have been silent anyway. A busy guest (it has not halted in the last
+   * QUIET_BUSY_AFTER_MS) has no such moment: one that talks (output in the last
+   * BUSY_TALKS_WITHIN_MS) and whose next output is due soon (none in the last
+   * BUSY_SPOKE_RECENTLY_MS) is caught right after that output (the end of the engine's slice in
+   * which it came), waiting at most BUSY_OUTPUT_MAX_WAIT_MS; any other busy guest at once.
+   * Resolves true at such a moment, false otherwise.
    */
   async whenQuiet(maxWaitMs: number): Promise<boolean> {
-    if (!this.emu.is_running() || monotonicMs() - this.idle.lastHaltAt() > QUIET_BUSY_AFTER_MS) return false;
+    if (!this.emu.is_running()) return false;
+    if (monotonicMs() - this.idle.lastHaltAt() > QUIET_BUSY_AFTER_MS) {
+      const since = monotonicMs() - this.lastOutputAt;
+      if (since >= BUSY_TALKS_WITHIN_MS || since < BUSY_SPOKE_RECENTLY_MS) return false;
+      return await this.whenOutput(Math.min(maxWaitMs, BUSY_OUTPUT_MAX_WAIT_MS));
+    }
     return await new Promise<boolean>((resolve) => {
       let sent = false;
       const onOutput = (): void => {
@@ -224,6 +249,20 @@ export class Engine {
         cancel();
         resolve();
       }, maxWaitMs);
+    });
+  }
+
+  /** Resolves true at the guest's next output (a serial byte or a frame), false after `maxWaitMs`. */
+  private whenOutput(maxWaitMs: number): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const done = (spoke: boolean): void => {
+        clearTimeout(timer);
+        for (const off of offs) off();
+        resolve(spoke);
+      };
+      const offs = [0, 1, 2, 3].map((port) => this.onSerialByte(port, () => done(true)));
+      offs.push(this.onFrame(() => done(true)));
+      const timer = setTimeout(() => done(false), maxWaitMs);
     });
   }
 

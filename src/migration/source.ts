@@ -46,7 +46,8 @@ export const LIVE_DEFAULTS = { downtimeTargetMs: 30, maxRounds: 30, sliceBytes: 
  * Before the pause, wait at most this long for a quiet moment (Migratable.whenQuiet): the first
  * time the guest halts after it sent output. A guest that reports every 10 ms was otherwise
  * stopped at any point of its period, in about a third of moves just as its next line was due,
- * which then came the whole switchover late.
+ * which then came the whole switchover late. (A busy guest, throttled or not, is waited for
+ * much less, if at all: see Engine.whenQuiet.)
  */
 const QUIET_STOP_MAX_WAIT_MS = 25;
 
@@ -504,8 +505,8 @@ export class LiveMigrationSource {
         }
       }
 
-      // Stop-and-copy, at a quiet moment of an unthrottled guest (see QUIET_STOP_MAX_WAIT_MS).
-      if (this.stunner.current === 0 && this.vm.whenQuiet !== undefined) {
+      // Stop-and-copy, at a quiet moment (see QUIET_STOP_MAX_WAIT_MS).
+      if (this.vm.whenQuiet !== undefined) {
         await this.vm.whenQuiet(QUIET_STOP_MAX_WAIT_MS);
         this.check();
       }

@@ -69,9 +69,10 @@ export interface Migratable extends Pausable, Snapshottable, Clocked {
    */
   hostArea?(bytes: number): { memory: WebAssembly.Memory; offset: number };
   /**
-   * Resolves at a good moment to pause the guest at (the first halt after it sent output), or
-   * at once when it is busy, or after `maxWaitMs`. Absent: the guest is paused when the
-   * pre-copy ends.
+   * Resolves at a good moment to pause the guest at: the first halt after it sent output, or,
+   * for a busy guest whose next output is due soon, right after that output; at once for a busy
+   * guest that has nothing due; or after `maxWaitMs`. True when caught after output. Absent: the
+   * guest is paused when the pre-copy ends.
    */
   whenQuiet?(maxWaitMs: number): Promise<boolean>;
   /**
