@@ -86,6 +86,8 @@ const BUSY_OUTPUT_MAX_WAIT_MS = 8;
 export class Engine {
   readonly memoryBytes: number;
   private readonly emu: V86Emulator;
+  /** When the guest last sent output (a serial byte or a frame; monotonicMs). */
+  private lastOutputAt = -Infinity;
   private destroyed = false;
   private readonly jit: { count: () => number; hostGrew: () => void };
   /** The guest's dirty-page log; undefined with stock v86 wasm. */
@@ -105,15 +107,10 @@ export class Engine {
     this.dirtyLog = dirtyLog;
     const regions = vgaRegions(cpu);
     this.deviceMemory = regions !== undefined ? { regions, saveStateWithoutMemory: () => withoutVgaMemory(cpu, () => this.saveStateWithoutRam()) } : undefined;
-    const spoke = (): void => {
+    this.onOutput(() => {
       this.lastOutputAt = monotonicMs();
-    };
-    for (const port of [0, 1, 2, 3]) this.onSerialByte(port, spoke);
-    this.onFrame(spoke);
+    });
   }
-
-  /** When the guest last sent output (a serial byte or a frame; monotonicMs). */
-  private lastOutputAt = -Infinity;
 
   /** Creates the emulator, loaded but not running. */
   static async create(options: EngineOptions): Promise<Engine> {
@@ -208,23 +205,17 @@ export class Engine {
       if (since >= BUSY_TALKS_WITHIN_MS || since < BUSY_SPOKE_RECENTLY_MS) return false;
       return await this.whenOutput(Math.min(maxWaitMs, BUSY_OUTPUT_MAX_WAIT_MS));
     }
+    const asked = monotonicMs();
     return await new Promise<boolean>((resolve) => {
-      let sent = false;
-      const onOutput = (): void => {
-        sent = true;
-      };
-      const offs = [0, 1, 2, 3].map((port) => this.onSerialByte(port, onOutput));
-      offs.push(this.onFrame(onOutput));
       let cancelHalt = (): void => {};
       const done = (quiet: boolean): void => {
         clearTimeout(timer);
         cancelHalt();
-        for (const off of offs) off();
         resolve(quiet);
       };
       const onHalt = (): void => {
         if (this.idle.wakeAt() === undefined) done(false); // stopped, not halted
-        else if (sent) done(true);
+        else if (this.lastOutputAt >= asked) done(true);
         else cancelHalt = this.idle.onNextHalt(onHalt);
       };
       cancelHalt = this.idle.onNextHalt(onHalt);
@@ -257,13 +248,21 @@ export class Engine {
     return new Promise<boolean>((resolve) => {
       const done = (spoke: boolean): void => {
         clearTimeout(timer);
-        for (const off of offs) off();
+        off();
         resolve(spoke);
       };
-      const offs = [0, 1, 2, 3].map((port) => this.onSerialByte(port, () => done(true)));
-      offs.push(this.onFrame(() => done(true)));
+      const off = this.onOutput(() => done(true));
       const timer = setTimeout(() => done(false), maxWaitMs);
     });
+  }
+
+  /** Calls `fn` at every byte the guest sends on any serial port and every frame it sends; the result stops that. */
+  private onOutput(fn: () => void): () => void {
+    const offs = [0, 1, 2, 3].map((port) => this.onSerialByte(port, fn));
+    offs.push(this.onFrame(fn));
+    return () => {
+      for (const off of offs) off();
+    };
   }
 
   /** Whether the guest is halted (HLT) now, waiting for its next timer event or interrupt. */
