@@ -113,7 +113,7 @@ export interface RecycleOp {
 /** The answer to recycle: false (the process goes on as it was) when it may not be reused. */
 export interface RecycleResult {
   recycled: boolean;
-  /** Its resident memory once the VM is dropped (MiB). */
+  /** Its resident memory once the VM is dropped (MiB), before the dropped VM is collected (RECYCLE_GC_DELAY_MS later). */
   rssMiB: number;
   /** The VMs this process has now run (this one included). */
   lifetimes: number;
