@@ -80,6 +80,27 @@ const BUSY_SPOKE_RECENTLY_MS = 6;
 const BUSY_OUTPUT_MAX_WAIT_MS = 8;
 
 /**
+ * Resolves with the value `arm`'s callback settles with, or with `timedOut` after `ms`. `arm`
+ * starts watching and returns what stops it (called once settled, either way).
+ */
+function settleWithin<T>(ms: number, timedOut: T, arm: (settle: (value: T) => void) => () => void): Promise<T> {
+  return new Promise<T>((resolve) => {
+    let settled = false;
+    let stop = (): void => {};
+    const settle = (value: T): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      stop();
+      resolve(value);
+    };
+    const timer = setTimeout(() => settle(timedOut), ms);
+    stop = arm(settle);
+    if (settled) stop();
+  });
+}
+
+/**
  * A typed facade over one v86 emulator instance: power (run/pause), state with and without
  * RAM, a raw RAM view, serial ports and the NIC.
  */
@@ -200,26 +221,22 @@ export class Engine {
    */
   async whenQuiet(maxWaitMs: number): Promise<boolean> {
     if (!this.emu.is_running()) return false;
-    if (monotonicMs() - this.idle.lastHaltAt() > QUIET_BUSY_AFTER_MS) {
+    if (this.busy) {
       const since = monotonicMs() - this.lastOutputAt;
       if (since >= BUSY_TALKS_WITHIN_MS || since < BUSY_SPOKE_RECENTLY_MS) return false;
-      return await this.whenOutput(Math.min(maxWaitMs, BUSY_OUTPUT_MAX_WAIT_MS));
+      // Right after its next output, if that comes soon.
+      return await settleWithin(Math.min(maxWaitMs, BUSY_OUTPUT_MAX_WAIT_MS), false, (settle) => this.onOutput(() => settle(true)));
     }
     const asked = monotonicMs();
-    return await new Promise<boolean>((resolve) => {
+    return await settleWithin(maxWaitMs, false, (settle) => {
       let cancelHalt = (): void => {};
-      const done = (quiet: boolean): void => {
-        clearTimeout(timer);
-        cancelHalt();
-        resolve(quiet);
-      };
       const onHalt = (): void => {
-        if (this.idle.wakeAt() === undefined) done(false); // stopped, not halted
-        else if (this.lastOutputAt >= asked) done(true);
+        if (this.idle.wakeAt() === undefined) settle(false); // stopped, not halted
+        else if (this.lastOutputAt >= asked) settle(true);
         else cancelHalt = this.idle.onNextHalt(onHalt);
       };
       cancelHalt = this.idle.onNextHalt(onHalt);
-      const timer = setTimeout(() => done(false), maxWaitMs);
+      return () => cancelHalt();
     });
   }
 
@@ -230,30 +247,13 @@ export class Engine {
    * idle guest's short bursts (a timer tick, a line of output) run to their end this way.
    */
   async whenHalted(maxWaitMs: number): Promise<void> {
-    if (!this.emu.is_running() || this.halted || monotonicMs() - this.idle.lastHaltAt() > QUIET_BUSY_AFTER_MS) return;
-    await new Promise<void>((resolve) => {
-      const cancel = this.idle.onNextHalt(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-      const timer = setTimeout(() => {
-        cancel();
-        resolve();
-      }, maxWaitMs);
-    });
+    if (!this.emu.is_running() || this.halted || this.busy) return;
+    await settleWithin(maxWaitMs, undefined, (settle) => this.idle.onNextHalt(() => settle(undefined)));
   }
 
-  /** Resolves true at the guest's next output (a serial byte or a frame), false after `maxWaitMs`. */
-  private whenOutput(maxWaitMs: number): Promise<boolean> {
-    return new Promise<boolean>((resolve) => {
-      const done = (spoke: boolean): void => {
-        clearTimeout(timer);
-        off();
-        resolve(spoke);
-      };
-      const off = this.onOutput(() => done(true));
-      const timer = setTimeout(() => done(false), maxWaitMs);
-    });
+  /** Busy: the guest has not halted in the last QUIET_BUSY_AFTER_MS. */
+  private get busy(): boolean {
+    return monotonicMs() - this.idle.lastHaltAt() > QUIET_BUSY_AFTER_MS;
   }
 
   /** Calls `fn` at every byte the guest sends on any serial port and every frame it sends; the result stops that. */
